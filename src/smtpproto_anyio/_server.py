@@ -23,6 +23,7 @@ from anyio.abc import (
     SocketStream,
     TaskGroup,
 )
+from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 import anyio
@@ -333,14 +334,21 @@ class SMTPServer:
         """
         if self._task_group is not None:
             raise RuntimeError("this server is already serving; create another one")
+        # Bind before the task group starts, so that a bind error comes out as
+        # itself and not inside an exception group.
+        multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
         self._shutting_down = False
         self._shutdown_done = None
+        body_error: Exception | None = None
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
+                self._start_accepting(multi, ssl_context)
                 try:
-                    await self.add_listener(host, port, ssl_context=ssl_context)
                     yield self
+                except Exception as error:  # noqa: BLE001 - re-raised below
+                    # Raised again below the task group, for the same reason.
+                    body_error = error
                 finally:
                     with anyio.CancelScope(shield=True):
                         await self.shutdown()
@@ -348,6 +356,8 @@ class SMTPServer:
             self._task_group = None
             self._listeners.clear()
             self._accept_scopes.clear()
+        if body_error is not None:
+            raise body_error
 
     async def add_listener(
         self,
@@ -365,16 +375,23 @@ class SMTPServer:
         :raises RuntimeError: outside :meth:`serving`, or after :meth:`shutdown`
         :raises OSError: if the address cannot be bound
         """
-        task_group = self._task_group
-        if task_group is None or self._shutting_down:
+        if self._task_group is None or self._shutting_down:
             raise RuntimeError("add_listener() works only while serving() runs")
         multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        return self._start_accepting(multi, ssl_context)
+
+    def _start_accepting(
+        self,
+        multi: MultiListener[SocketStream],
+        ssl_context: ssl.SSLContext | None,
+    ) -> list[socket.socket]:
+        assert self._task_group is not None
         sockets = []
         for listener in multi.listeners:
             assert isinstance(listener, SocketListener)
             self._listeners.append(listener)
             sockets.append(listener.extra(SocketAttribute.raw_socket))
-            task_group.start_soon(self._accept_loop, listener, ssl_context)
+            self._task_group.start_soon(self._accept_loop, listener, ssl_context)
         for sock in sockets:
             server_logger.info(
                 "listening on %s%s",
@@ -459,10 +476,13 @@ class SMTPServer:
                 grace = self.shutdown_grace
             with anyio.move_on_after(grace):
                 await self._wait_for_connections()
+        finally:
+            # Also reached when the caller cancels the wait: no connection may
+            # outlive the shutdown.
             for connection in list(self._connections):
                 connection.cancel()
-            await self._wait_for_connections()
-        finally:
+            with anyio.CancelScope(shield=True):
+                await self._wait_for_connections()
             done.set()
 
     async def _wait_for_connections(self) -> None:
