@@ -248,7 +248,7 @@ class ServerConnection:
 
         self._state = ServerState.GREETING
         self._tls_active = tls_active
-        self._buffer = bytearray()
+        self._buffer: bytes | bytearray = b""
         self._pos = 0
         self._out: list[bytes] = []
         self._queued: deque[Event] = deque()
@@ -360,11 +360,24 @@ class ServerConnection:
             return
         if not self._greeted and not self.proxy_protocol:
             self._early_talker = True
+        if type(data) is not bytes:
+            data = bytes(data)
         buffer = self._buffer
-        if self._pos and self._pos >= len(buffer) // 2:
-            del buffer[: self._pos]
+        pos = self._pos
+        if pos >= len(buffer):
+            # Keep the caller's bytes object as the buffer: a large read of
+            # message content is then sliced once instead of copied twice.
+            self._buffer = data
+            self._pos = 0
+            return
+        if not isinstance(buffer, bytearray):
+            buffer = bytearray(memoryview(buffer)[pos:])
+            self._pos = 0
+        elif pos >= len(buffer) // 2:
+            del buffer[:pos]
             self._pos = 0
         buffer += data
+        self._buffer = buffer
 
     def next_event(self) -> Event | Literal[_Wait.NEED_DATA, _Wait.PAUSED]:
         """Return the next event, :data:`NEED_DATA` or :data:`PAUSED`."""
@@ -406,14 +419,24 @@ class ServerConnection:
 
     def _need_data(self) -> Event | Literal[_Wait.NEED_DATA]:
         if self._pos:
-            del self._buffer[: self._pos]
-            self._pos = 0
+            self._discard_consumed()
         if self._state is ServerState.CLOSED:
             return _CONNECTION_CLOSED
         if self._peer_closed:
             self._close()
             return _CONNECTION_CLOSED
         return NEED_DATA
+
+    def _discard_consumed(self) -> None:
+        buffer = self._buffer
+        pos = self._pos
+        if pos >= len(buffer):
+            self._buffer = b""
+        elif isinstance(buffer, bytearray):
+            del buffer[:pos]
+        else:
+            self._buffer = buffer[pos:]
+        self._pos = 0
 
     def data_to_send(self) -> bytes:
         """Return and clear everything queued for the peer, in order."""
@@ -574,7 +597,7 @@ class ServerConnection:
         self._state = ServerState.CLOSED
         self._pending = None
         self._queued.clear()
-        self._buffer = bytearray()
+        self._buffer = b""
         self._pos = 0
 
     @staticmethod
@@ -705,7 +728,7 @@ class ServerConnection:
                 # RFC 3207, section 4.2 (CVE-2011-0411): bytes that arrived after
                 # the STARTTLS line came in plaintext and must never be run as
                 # commands of the TLS session.
-                self._buffer = bytearray()
+                self._buffer = b""
                 self._pos = 0
                 self._state = ServerState.TLS_HANDSHAKE
                 return
@@ -745,6 +768,9 @@ class ServerConnection:
         lines = []
         if self.max_message_size is not None:
             lines.append(f"SIZE {self.max_message_size}")
+        else:
+            # RFC 1870, section 4: SIZE without a value means no fixed limit.
+            lines.append("SIZE")
         if self.enable_8bitmime:
             lines.append("8BITMIME")
         if self.enable_smtputf8:
@@ -819,7 +845,7 @@ class ServerConnection:
 
         if strict:
             self._pos = end + 2
-            line = bytes(buffer[pos:end])
+            line = _slice(buffer, pos, end)
             if b"\n" in line:
                 self._queue(replies.BARE_LF_IN_COMMAND)
                 return False
@@ -827,7 +853,7 @@ class ServerConnection:
         self._pos = end + 1
         if end > pos and buffer[end - 1] == 13:
             end -= 1
-        return bytes(buffer[pos:end])
+        return _slice(buffer, pos, end)
 
     def _dispatch(self, raw: bytes) -> Event | None:
         if self.reject_unsynchronized and self._unsynchronized():
@@ -941,9 +967,12 @@ class ServerConnection:
                 raise CommandError(replies.PARAMS_NEED_EHLO)
             params = parse_params(param_text, utf8=self.enable_smtputf8)
             self._check_mail_params(params)
+            # Parse with UTF-8 allowed when the server offers SMTPUTF8, so that a
+            # missing SMTPUTF8 parameter gets its own reply below (RFC 6531,
+            # section 3.5) instead of "malformed address".
             address = parse_path_argument(
                 inner,
-                utf8=self._smtputf8,
+                utf8=self.enable_smtputf8,
                 null_allowed=True,
                 postmaster_allowed=False,
             )
@@ -959,11 +988,12 @@ class ServerConnection:
     def _check_mail_params(self, params: tuple[tuple[str, str | None], ...]) -> None:
         self._smtputf8 = False
         for keyword, value in params:
-            if keyword == "SIZE" and self.max_message_size is not None:
+            if keyword == "SIZE":
                 if value is None or not value.isdigit() or len(value) > 20:
                     raise CommandError(replies.SIZE_INVALID)
                 # RFC 1870, section 6: refuse a declared size over the limit now.
-                if int(value) > self.max_message_size:
+                limit = self.max_message_size
+                if limit is not None and int(value) > limit:
                     raise CommandError(replies.SIZE_TOO_BIG)
             elif keyword == "BODY" and self.enable_8bitmime:
                 if value is None or value.upper() not in ("7BIT", "8BITMIME"):
@@ -1002,7 +1032,7 @@ class ServerConnection:
             self._check_rcpt_params(params)
             address = parse_path_argument(
                 inner,
-                utf8=self._smtputf8,
+                utf8=self.enable_smtputf8,
                 null_allowed=False,
                 postmaster_allowed=True,
             )
@@ -1298,7 +1328,8 @@ class ServerConnection:
                 return _CONNECTION_CLOSED
             return NEED_DATA
         header, consumed = result
-        del self._buffer[:consumed]
+        self._pos = consumed
+        self._discard_consumed()
         self.session.proxy_data = header
         self._pending = header
         return header
@@ -1319,55 +1350,66 @@ class ServerConnection:
         if pos >= size:
             return NEED_DATA
 
-        end_of_data = -1
-        if self._line_start and buffer[pos] == 0x2E:  # "."
+        stuffed = False
+        if self._line_start and buffer[pos] == 0x2E:  # "." at the start of a line
             if size - pos < 3:
                 if buffer[pos:size] == b".\r\n"[: size - pos]:
                     return NEED_DATA
-            elif buffer[pos + 1 : pos + 3] == b"\r\n":
-                end_of_data = pos
-                content_end = pos
-                resume = pos + 3
-        if end_of_data < 0:
-            found = buffer.find(b"\r\n.\r\n", pos)
-            if found >= 0:
-                end_of_data = found
-                content_end = found + 2
-                resume = found + 5
-            else:
-                # Keep the last four octets: they may be the start of CRLF.CRLF.
-                # Never cut between CR and LF, so every chunk sees whole CRLFs.
-                content_end = size - 4
-                if content_end > pos and buffer[content_end - 1] == 0x0D:
-                    content_end -= 1
-                if content_end <= pos:
-                    return NEED_DATA
-                resume = content_end
+            elif buffer[pos + 1] == 0x0D and buffer[pos + 2] == 0x0A:
+                self._pos = pos + 3
+                return self._finish_message(b"")
+            stuffed = True
 
-        raw = bytes(buffer[pos:content_end])
-        self._pos = resume
-        chunk = self._process_content(raw)
+        content_end = size
+        end_of_data = -1
+        # Only "\r\n." can start the end of data or a stuffed line, and large
+        # bodies (base64) often contain no dot at all: one memchr settles that.
+        if buffer.find(b".", pos) >= 0:
+            found = buffer.find(b"\r\n.", pos)
+            while found >= 0:
+                after = found + 3
+                if after + 2 <= size:
+                    if buffer[after] == 0x0D and buffer[after + 1] == 0x0A:
+                        end_of_data = found
+                        content_end = found + 2
+                        break
+                    stuffed = True
+                elif after == size or buffer[after] == 0x0D:
+                    # Maybe the start of CRLF.CRLF: keep it for the next read.
+                    content_end = found
+                    break
+                else:
+                    stuffed = True
+                found = buffer.find(b"\r\n.", after)
+        if end_of_data < 0 and buffer[content_end - 1] == 0x0D:
+            # Never cut between CR and LF, so every piece sees whole CRLFs.
+            content_end -= 1
+        if content_end <= pos:
+            return NEED_DATA
+
+        raw = _slice(buffer, pos, content_end)
         if end_of_data >= 0:
-            self._state = ServerState.COMMAND
-            self._queued.append(self._end_of_message())
-        if chunk:
-            return DataChunk(data=chunk)
-        return None
+            self._pos = end_of_data + 5
+            return self._finish_message(self._process_content(raw, stuffed))
+        self._pos = content_end
+        chunk = self._process_content(raw, stuffed)
+        return DataChunk(data=chunk) if chunk else None
 
-    def _process_content(self, raw: bytes) -> bytes:
+    def _finish_message(self, chunk: bytes) -> Event | None:
+        self._state = ServerState.COMMAND
+        self._queued.append(self._end_of_message())
+        return DataChunk(data=chunk) if chunk else None
+
+    def _process_content(self, raw: bytes, stuffed: bool) -> bytes:
         """Unstuff, check and count one piece of DATA content; return what to emit."""
-        if not raw:
-            return raw
         line_start = self._line_start
         self._line_start = raw.endswith(b"\r\n")
 
-        # Bare CR or LF: count against CRLF pairs, which needs no Python loop.
-        crlf = raw.count(b"\r\n")
-        if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
+        if _has_bare_line_ending(raw):
             policy = self.bare_line_ending
             if policy == "reject":
                 if self._message_error is None:
-                    lf = raw.count(b"\n") != crlf
+                    lf = raw.count(b"\n") != raw.count(b"\r\n")
                     self._message_error = (
                         replies.MESSAGE_BARE_LF if lf else replies.MESSAGE_BARE_CR
                     )
@@ -1380,8 +1422,10 @@ class ServerConnection:
 
         # RFC 5321, section 4.5.2: a line that starts with "." lost its first dot.
         # Before the end of data every CRLF "." is such a line start.
-        chunk = raw[1:] if line_start and raw[0] == 0x2E else raw
-        if b"\r\n." in chunk:
+        chunk = raw
+        if stuffed:
+            if line_start and chunk[:1] == b".":
+                chunk = chunk[1:]
             chunk = chunk.replace(b"\r\n.", b"\r\n")
 
         if self._message_error is not None:
@@ -1451,7 +1495,7 @@ class ServerConnection:
         if take > 0:
             self._bdat_remaining -= take
             if not self._bdat_discard:
-                chunk = bytes(buffer[pos : pos + take])
+                chunk = _slice(buffer, pos, pos + take)
             self._pos = pos + take
         elif self._bdat_remaining:
             return NEED_DATA
@@ -1493,6 +1537,32 @@ class ServerConnection:
             self._out.append(self._wire(reply))
             return []
         return [DataComplete(size=self._message_size)]
+
+
+_NOT_LINE_ENDING: Final = bytes(c for c in range(256) if c not in (0x0D, 0x0A))
+_CRLF_RUN: Final = b"\r\n" * 32768
+
+
+def _slice(buffer: bytes | bytearray, start: int, end: int) -> bytes:
+    if type(buffer) is bytes:
+        return buffer[start:end]
+    with memoryview(buffer) as view:
+        return bytes(view[start:end])
+
+
+def _has_bare_line_ending(raw: bytes) -> bool:
+    """Return whether ``raw`` has a CR or LF outside a CRLF pair.
+
+    Deleting every other octet leaves only the line endings, which must then be
+    CRLF repeated; ``translate`` and ``startswith`` do that in C.
+    """
+    endings = raw.translate(None, _NOT_LINE_ENDING)
+    count = len(endings)
+    if count & 1:
+        return True
+    if count <= len(_CRLF_RUN):
+        return not _CRLF_RUN.startswith(endings)
+    return endings.count(b"\r\n") * 2 != count
 
 
 def _decode_base64(text: str) -> bytes | None:

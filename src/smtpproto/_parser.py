@@ -123,6 +123,10 @@ def parse_path_argument(
 def _valid_address_literal(text: str) -> bool:
     """Check the inside of an address literal (RFC 5321, section 4.1.3)."""
     if text[:5].upper() == "IPV6:":
+        if "%" in text:
+            # ipaddress accepts a zone index ("%eth0"); IPv6-addr in RFC 5321,
+            # section 4.1.3 has none.
+            return False
         try:
             ipaddress.IPv6Address(text[5:])
         except ValueError:
