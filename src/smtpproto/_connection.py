@@ -297,6 +297,7 @@ class ServerConnection:
         self._message_size = 0
         self._message_error: Reply | None = None
         self._line_length = 0
+        self._line_dot = False
         self._line_start = True
         self._bdat_remaining = 0
         self._bdat_size = 0
@@ -1445,24 +1446,30 @@ class ServerConnection:
         are measured exactly. This keeps the per-octet work in C.
         """
         assert self.max_text_line is not None
-        # The limit counts CRLF; one extra octet allows a stuffing dot.
-        allowed = self.max_text_line
+        # Octets before LF, CR included; a line that starts with a stuffing dot
+        # may have one more (RFC 5321, section 4.5.3.1.6 counts the line as
+        # the sender wrote it, before dot-stuffing).
+        base = self.max_text_line - 1
+        if self._line_length == 0:
+            self._line_dot = raw[:1] == b"."
         first = raw.find(b"\n")
         if first < 0:
             self._line_length += len(raw)
-            return self._line_length <= allowed
-        if self._line_length + first > allowed:
+            return self._line_length <= base + self._line_dot
+        if self._line_length + first > base + self._line_dot:
             return False
         last = raw.rfind(b"\n")
         self._line_length = len(raw) - last - 1
-        if self._line_length > allowed:
+        self._line_dot = raw[last + 1 : last + 2] == b"."
+        if self._line_length > base + self._line_dot:
             return False
-        step = allowed // 2
+        step = (base + 1) // 2
         start = first + 1
         while start + step <= last:
             if raw.find(b"\n", start, start + step) < 0:
                 line_begin = raw.rfind(b"\n", 0, start) + 1
                 line_end = raw.find(b"\n", start)
+                allowed = base + (raw[line_begin] == 0x2E)
                 if line_end - line_begin > allowed:
                     return False
                 start = line_end + 1
