@@ -1246,6 +1246,8 @@ class _ConnectionHandler:
             await self._finish_auth(result)
 
     async def _finish_auth(self, result: AuthResult) -> None:
+        # The engine's default reply differs between mechanisms (235 for the
+        # ones it runs, 535 for application-run ones), so both are explicit here.
         conn = self.conn
         reply: Reply | None
         try:
@@ -1255,8 +1257,11 @@ class _ConnectionHandler:
         else:
             if result.success:
                 conn.session.auth_data = result.auth_data
-            elif reply is None:
-                conn.send_reply(535, "Authentication credentials invalid")
+            if reply is None:
+                if result.success:
+                    conn.send_reply(235, "Authentication successful")
+                else:
+                    conn.send_reply(535, "Authentication credentials invalid")
                 return
         await self._send_reply(reply, "AuthResult.message")
 
