@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+
 from smtpproto import Envelope, Session
 
 from ._hooks import AuthResult, LoginPassword

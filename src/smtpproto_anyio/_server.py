@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final
 
+import anyio
 from anyio.abc import (
     ByteStream,
     SocketAttribute,
@@ -26,7 +27,6 @@ from anyio.abc import (
 from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-import anyio
 from smtpproto import (
     NEED_DATA,
     PAUSED,
