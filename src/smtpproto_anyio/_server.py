@@ -92,6 +92,8 @@ Authenticator = Callable[
 # Sent when a hook fails, so that no Python exception text reaches the client.
 INTERNAL_ERROR: Final = Reply(451, "4.3.0", ("Error: internal server error",))
 # aiosmtpd's reply to every command but QUIT once handle_STARTTLS returned False.
+# NOTE: commands that the engine answers itself (syntax and sequence errors, such
+# as MAIL before EHLO) still get the engine's reply, not this one.
 REFUSED_INSECURE: Final = Reply(554, None, ("Command refused due to lack of security",))
 
 READ_SIZE: Final = 65536
