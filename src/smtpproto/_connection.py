@@ -81,6 +81,7 @@ _ALLOWANCE_AUTH: Final = 500
 _ALLOWANCE_DSN: Final = 640
 
 _CONTROL: Final = re.compile(rb"[\x00-\x1f\x7f]")
+_NOT_PRINTABLE_ASCII: Final = re.compile(rb"[^\x20-\x7e]")
 _BARE_LINE_ENDING: Final = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 _BUILTIN_SASL: Final = frozenset({"PLAIN", "LOGIN", "CRAM-MD5"})
@@ -263,6 +264,13 @@ class ServerConnection:
         self._unauthenticated_commands = 0
         self._discarding_line = False
         self._esc = enable_enhanced_status_codes
+        self._strict_lines = bare_line_ending == "reject"
+        # Rendered default replies of the commands whose success changes no
+        # state: accept() sends them without building a Reply.
+        self._plain_accept: dict[type[Event] | type[str], bytes] = {
+            kind: _render(reply, enable_enhanced_status_codes)
+            for kind, reply in _STATELESS_REPLIES.items()
+        }
 
         # Command handlers, looked up by upper-cased verb.
         self._commands: dict[str, Callable[[str | None], Event | None]] = {
@@ -296,6 +304,8 @@ class ServerConnection:
         self._lmtp_replies = 0
         self._message_size = 0
         self._message_error: Reply | None = None
+        self._line_too_long = False
+        self._bare_line_ending = False
         self._line_length = 0
         self._line_dot = False
         self._line_start = True
@@ -502,6 +512,11 @@ class ServerConnection:
                 f"no command awaits a reply in state {self._state.name}; "
                 "call next_event() first"
             )
+        wire = self._plain_accept.get(type(pending))
+        if wire is not None and not self._shutdown_requested:
+            self._out.append(wire)
+            self._pending = None
+            return
         self._apply_reply(pending, self._default_reply(pending))
         if self.lmtp and self._pending is pending and isinstance(pending, DataComplete):
             while self._pending is pending:
@@ -762,6 +777,8 @@ class ServerConnection:
         self._lmtp_replies = 0
         self._message_size = 0
         self._message_error = None
+        self._line_too_long = False
+        self._bare_line_ending = False
         self._line_length = 0
         self._line_start = True
 
@@ -801,6 +818,20 @@ class ServerConnection:
 
     def _next_command(self) -> Event | Literal[_Wait.NEED_DATA] | None:
         while self._state is ServerState.COMMAND:
+            # Fast path: a whole CRLF line within the limit.
+            buffer = self._buffer
+            pos = self._pos
+            end = buffer.find(b"\r\n", pos)
+            if (
+                0 <= end <= pos + self.max_command_line - 2
+                and self._strict_lines
+                and not self._discarding_line
+            ):
+                self._pos = end + 2
+                event = self._dispatch(buffer[pos:end])
+                if event is not None:
+                    return event
+                continue
             line = self._read_line(self.max_command_line, replies.LINE_TOO_LONG)
             if line is None:
                 return NEED_DATA
@@ -811,7 +842,9 @@ class ServerConnection:
                 return event
         return None
 
-    def _read_line(self, limit: int, too_long: Reply) -> bytes | None | Literal[False]:
+    def _read_line(
+        self, limit: int, too_long: Reply
+    ) -> bytes | bytearray | None | Literal[False]:
         """Take one line off the buffer, without its line ending.
 
         :return: the line, ``None`` when more data is needed, or ``False`` when
@@ -819,7 +852,7 @@ class ServerConnection:
         """
         buffer = self._buffer
         pos = self._pos
-        strict = self.bare_line_ending == "reject"
+        strict = self._strict_lines
         end = buffer.find(b"\r\n" if strict else b"\n", pos)
 
         if self._discarding_line:
@@ -846,7 +879,7 @@ class ServerConnection:
 
         if strict:
             self._pos = end + 2
-            line = _slice(buffer, pos, end)
+            line = buffer[pos:end]
             if b"\n" in line:
                 self._queue(replies.BARE_LF_IN_COMMAND)
                 return False
@@ -854,19 +887,19 @@ class ServerConnection:
         self._pos = end + 1
         if end > pos and buffer[end - 1] == 13:
             end -= 1
-        return _slice(buffer, pos, end)
+        return buffer[pos:end]
 
-    def _dispatch(self, raw: bytes) -> Event | None:
+    def _dispatch(self, raw: bytes | bytearray) -> Event | None:
         if self.reject_unsynchronized and self._unsynchronized():
             self._out.append(self._wire(replies.PIPELINING_REFUSED))
             self._close()
             return None
 
-        if _CONTROL.search(raw) is not None:
+        if _NOT_PRINTABLE_ASCII.search(raw) is None:
+            line = raw.decode("ascii")
+        elif _CONTROL.search(raw) is not None:
             self._queue(replies.CONTROL_CHARACTER)
             return None
-        if raw.isascii():
-            line = raw.decode("ascii")
         elif not self.enable_smtputf8:
             self._queue(replies.NOT_ASCII)
             return None
@@ -880,33 +913,41 @@ class ServerConnection:
         verb, _, argument = line.partition(" ")
         verb = verb.upper()
         argument = argument.strip(" ")
-        if not verb:
-            self._queue(replies.BAD_SYNTAX)
+        handler = self._commands.get(verb)
+        if handler is None:
+            if not verb:
+                self._queue(replies.BAD_SYNTAX)
+                return None
+            if verb in HTTP_VERBS or verb.endswith(":"):
+                self._out.append(self._wire(replies.HTTP_FORBIDDEN))
+                self._close()
+                return None
+        if (self.require_starttls or self.auth_required) and self._gate_refuses(verb):
             return None
-        if verb in HTTP_VERBS or verb.endswith(":"):
-            self._out.append(self._wire(replies.HTTP_FORBIDDEN))
-            self._close()
-            return None
+        if handler is None:
+            return UnknownCommand(verb=verb, argument=argument or None)
+        return handler(argument or None)
 
-        needs_tls = self.require_starttls and not self._tls_active
-        if needs_tls and verb not in ALLOWED_BEFORE_STARTTLS:
+    def _gate_refuses(self, verb: str) -> bool:
+        """Apply the STARTTLS and AUTH requirements; return True if refused."""
+        if (
+            self.require_starttls
+            and not self._tls_active
+            and verb not in ALLOWED_BEFORE_STARTTLS
+        ):
             self._queue(replies.STARTTLS_REQUIRED)
-            return None
+            return True
         if self.auth_required and not self.session.authenticated:
             self._unauthenticated_commands += 1
             limit = self.max_unauthenticated_commands
             if limit is not None and self._unauthenticated_commands > limit:
                 self._out.append(self._wire(replies.TOO_MANY_UNAUTHENTICATED))
                 self._close()
-                return None
+                return True
             if verb not in ALLOWED_BEFORE_AUTH:
                 self._queue(replies.AUTH_REQUIRED)
-                return None
-
-        handler = self._commands.get(verb)
-        if handler is None:
-            return UnknownCommand(verb=verb, argument=argument or None)
-        return handler(argument or None)
+                return True
+        return False
 
     def _unsynchronized(self) -> bool:
         """Check for early talk or pipelining the client has not negotiated."""
@@ -1079,8 +1120,9 @@ class ServerConnection:
             self._queue(replies.DATA_AFTER_BDAT)
         elif not self._accepted:
             # RFC 2920, section 3.1: a pipelined DATA after failed recipients
-            # gets 554 "no valid recipients", never 354.
-            if self._rcpt_attempted:
+            # gets 554 "no valid recipients", never 354. LMTP has its own rule
+            # (RFC 2033, section 4.2): 503 whenever no RCPT succeeded.
+            if self._rcpt_attempted and not self.lmtp:
                 self._out.append(self._wire(replies.NO_VALID_RECIPIENTS))
             else:
                 self._queue(replies.NEED_RCPT)
@@ -1341,6 +1383,8 @@ class ServerConnection:
         self._state = ServerState.DATA
         self._message_size = 0
         self._message_error = None
+        self._line_too_long = False
+        self._bare_line_ending = False
         self._line_length = 0
         self._line_start = True
 
@@ -1402,24 +1446,19 @@ class ServerConnection:
         return DataChunk(data=chunk) if chunk else None
 
     def _process_content(self, raw: bytes, stuffed: bool) -> bytes:
-        """Unstuff, check and count one piece of DATA content; return what to emit."""
+        """Unstuff, check and count one piece of DATA content; return what to emit.
+
+        Every check runs on every piece, and the reply at the end is chosen by a
+        fixed order, so the outcome never depends on how reads split the input.
+        """
         line_start = self._line_start
         self._line_start = raw.endswith(b"\r\n")
 
-        if _has_bare_line_ending(raw):
-            policy = self.bare_line_ending
-            if policy == "reject":
-                if self._message_error is None:
-                    lf = raw.count(b"\n") != raw.count(b"\r\n")
-                    self._message_error = (
-                        replies.MESSAGE_BARE_LF if lf else replies.MESSAGE_BARE_CR
-                    )
-            elif policy == "normalize":
-                raw = _BARE_LINE_ENDING.sub(b"\r\n", raw)
-
-        check_lines = self.max_text_line is not None and self._message_error is None
-        if check_lines and not self._lines_within_limit(raw):
-            self._message_error = replies.MESSAGE_LINE_TOO_LONG
+        bare = _has_bare_line_ending(raw)
+        if bare and self.bare_line_ending == "reject":
+            self._bare_line_ending = True
+        if self.max_text_line is not None and not self._line_too_long:
+            self._line_too_long = not self._lines_within_limit(raw)
 
         # RFC 5321, section 4.5.2: a line that starts with "." lost its first dot.
         # Before the end of data every CRLF "." is such a line start.
@@ -1428,13 +1467,14 @@ class ServerConnection:
             if line_start and chunk[:1] == b".":
                 chunk = chunk[1:]
             chunk = chunk.replace(b"\r\n.", b"\r\n")
+        if bare and self.bare_line_ending == "normalize":
+            chunk = _BARE_LINE_ENDING.sub(b"\r\n", chunk)
 
-        if self._message_error is not None:
-            return b""
         self._message_size += len(chunk)
         limit = self.max_message_size
         if limit is not None and self._message_size > limit:
             self._message_error = replies.MESSAGE_TOO_BIG
+        if self._message_error or self._line_too_long or self._bare_line_ending:
             return b""
         return chunk
 
@@ -1479,6 +1519,10 @@ class ServerConnection:
 
     def _end_of_message(self) -> Event:
         error = self._message_error
+        if error is None and self._line_too_long:
+            error = replies.MESSAGE_LINE_TOO_LONG
+        if error is None and self._bare_line_ending:
+            error = replies.MESSAGE_BARE_LINE_ENDING
         if error is None:
             return DataComplete(size=self._message_size)
         return self._reject_message(error)
@@ -1528,8 +1572,12 @@ class ServerConnection:
             self._bdat_discard = False
             return []
         if self._message_error is not None:
-            # RFC 3030, section 2: after a failed BDAT the client must RSET.
             error = self._message_error
+            if self._bdat_last:
+                # The reply to BDAT LAST is the final reply of the transaction,
+                # as after DATA.
+                return [self._reject_message(error)]
+            # RFC 3030, section 2: after a failed BDAT the client must RSET.
             self._out.append(self._wire(error))
             self._bdat_failed = True
             self._bdat_active = False
@@ -1548,6 +1596,7 @@ class ServerConnection:
 
 _NOT_LINE_ENDING: Final = bytes(c for c in range(256) if c not in (0x0D, 0x0A))
 _CRLF_RUN: Final = b"\r\n" * 32768
+_CR_NOT_BEFORE_LF: Final = re.compile(rb"\r[^\n]")
 
 
 def _slice(buffer: bytes | bytearray, start: int, end: int) -> bytes:
@@ -1560,9 +1609,13 @@ def _slice(buffer: bytes | bytearray, start: int, end: int) -> bytes:
 def _has_bare_line_ending(raw: bytes) -> bool:
     """Return whether ``raw`` has a CR or LF outside a CRLF pair.
 
-    Deleting every other octet leaves only the line endings, which must then be
-    CRLF repeated; ``translate`` and ``startswith`` do that in C.
+    If every CR is followed by LF, CRLF pairs are as many as CRs; if the line
+    endings alone then read CRLF repeated, LFs are as many as CRs too, so every
+    LF follows a CR. Both checks run in C: a regex with a literal first octet,
+    and ``translate`` deleting every other octet.
     """
+    if _CR_NOT_BEFORE_LF.search(raw) is not None or raw.endswith(b"\r"):
+        return True
     endings = raw.translate(None, _NOT_LINE_ENDING)
     count = len(endings)
     if count & 1:
@@ -1597,6 +1650,13 @@ def _render(reply: Reply, with_enhanced: bool) -> bytes:
             _RENDERED[key] = wire
     return wire
 
+
+# Default replies to commands whose success changes no engine state.
+_STATELESS_REPLIES: Final[dict[type[Event], Reply]] = {
+    Rset: replies.OK,
+    Noop: replies.OK,
+    Vrfy: replies.VRFY_DEFAULT,
+}
 
 _DEFAULT_REPLIES: Final[dict[type[Event], Reply]] = {
     MailFrom: replies.SENDER_OK,

@@ -208,8 +208,9 @@ MESSAGE_TOO_BIG: Final = _reply(552, "5.3.4", "Error: Too much mail data")
 MESSAGE_LINE_TOO_LONG: Final = _reply(
     500, "5.5.2", "Line too long (see RFC5321 4.5.3.1.6)"
 )
-MESSAGE_BARE_LF: Final = _reply(550, "5.5.2", "Error: bare <LF> received")
-MESSAGE_BARE_CR: Final = _reply(550, "5.5.2", "Error: bare <CR> received")
+MESSAGE_BARE_LINE_ENDING: Final = _reply(
+    550, "5.5.2", "Error: bare <CR> or <LF> received, use CRLF line endings"
+)
 
 AUTH_NOT_AVAILABLE: Final = _reply(502, "5.5.1", "Error: AUTH not available")
 AUTH_SYNTAX: Final = _reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
