@@ -1481,9 +1481,8 @@ class ServerConnection:
     def _lines_within_limit(self, raw: bytes) -> bool:
         """Check that no line exceeds ``max_text_line``, across chunk boundaries.
 
-        Lines are checked in blocks of half the limit: a line longer than the
-        limit covers at least one whole block without LF, and only such blocks
-        are measured exactly. This keeps the per-octet work in C.
+        The per-octet work stays in C (``find`` and ``rfind``); Python only hops
+        over runs of lines.
         """
         assert self.max_text_line is not None
         # Octets before LF, CR included; a line that starts with a stuffing dot
@@ -1503,18 +1502,16 @@ class ServerConnection:
         self._line_dot = raw[last + 1 : last + 2] == b"."
         if self._line_length > base + self._line_dot:
             return False
-        step = (base + 1) // 2
+        # Hop from line start to line start: the last LF within one line's
+        # allowance of ``start`` ends a run of lines that are all short enough,
+        # and no LF there means the line at ``start`` is too long.
         start = first + 1
-        while start + step <= last:
-            if raw.find(b"\n", start, start + step) < 0:
-                line_begin = raw.rfind(b"\n", 0, start) + 1
-                line_end = raw.find(b"\n", start)
-                allowed = base + (raw[line_begin] == 0x2E)
-                if line_end - line_begin > allowed:
-                    return False
-                start = line_end + 1
-            else:
-                start += step
+        while start <= last:
+            allowed = base + (raw[start] == 0x2E)
+            found = raw.rfind(b"\n", start, start + allowed + 1)
+            if found < 0:
+                return False
+            start = found + 1
         return True
 
     def _end_of_message(self) -> Event:
