@@ -267,7 +267,7 @@ class ServerConnection:
         self._strict_lines = bare_line_ending == "reject"
         # Rendered default replies of the commands whose success changes no
         # state: accept() sends them without building a Reply.
-        self._plain_accept: dict[type[Event] | type[str], bytes] = {
+        self._plain_accept: dict[type[Event | str], bytes] = {
             kind: _render(reply, enable_enhanced_status_codes)
             for kind, reply in _STATELESS_REPLIES.items()
         }
