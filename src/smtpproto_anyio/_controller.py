@@ -21,8 +21,9 @@ class Controller:
     """Serve a handler from an event loop in a background thread.
 
     ``start()`` returns once the server listens, or raises the error that stopped
-    it (for example :class:`OSError` when the port is taken); ``stop()`` shuts it
-    down gracefully and joins the thread. The controller is also a context manager.
+    it, for example :class:`OSError` when the port is taken. ``stop()`` shuts the
+    server down gracefully and joins the thread. The controller is also a context
+    manager.
 
     :param handler: the handler object, as for :class:`SMTPServer`
     :param hostname: address to listen on (not the name in the greeting: that

@@ -206,7 +206,7 @@ class HookTable:
             if callable(hook):
                 self.hooks[name] = hook
 
-        # aiosmtpd knows two forms of handle_EHLO: the old one gets the hostname
+        # aiosmtpd supports two forms of handle_EHLO: the old one gets the hostname
         # and returns one status line, the current one also gets the reply lines
         # and returns the lines to send.
         self.ehlo_gets_responses = False

@@ -92,7 +92,7 @@ Authenticator = Callable[
 # Sent when a hook fails, so that no Python exception text reaches the client.
 INTERNAL_ERROR: Final = Reply(451, "4.3.0", ("Error: internal server error",))
 # aiosmtpd's reply to every command but QUIT once handle_STARTTLS returned False.
-# NOTE: commands that the engine answers itself (syntax and sequence errors, such
+# NOTE: commands that the engine replies to itself (syntax and sequence errors, such
 # as MAIL before EHLO) still get the engine's reply, not this one.
 REFUSED_INSECURE: Final = Reply(554, None, ("Command refused due to lack of security",))
 
@@ -158,6 +158,21 @@ class SMTPServer:
 
     The remaining keyword arguments go to :class:`smtpproto.ServerConnection`
     unchanged; they have the engine's defaults.
+
+    Hooks are the handler's ``handle_<NAME>(server, session, envelope, ...)``
+    methods, as in aiosmtpd. Each may be sync or async; a sync hook runs on the
+    event loop, so it must not block. A hook returns the reply as a status string
+    such as ``"550 5.1.1 No such user"``; ``None`` or :data:`MISSING` sends the
+    engine's default reply. A hook that raises, or returns something else, gets
+    ``handle_exception(error)``'s status or ``451 4.3.0``, and the session goes on.
+
+    By default ``handle_DATA`` finds the whole message in ``envelope.content``
+    and ``envelope.original_content``. A handler that defines
+    ``handle_DATA_CHUNK(server, session, envelope, data)`` gets the message in
+    pieces instead, and ``handle_DATA_ABORT(server, session, envelope)`` when the
+    transaction ends without ``handle_DATA`` (rejected message, disconnect,
+    timeout, RSET during BDAT). In LMTP mode ``handle_DATA`` may return a list
+    with one status per accepted recipient, in RCPT order.
 
     AUTH: the engine runs PLAIN and LOGIN and hands the credentials to
     ``authenticator(server, session, envelope, mechanism, auth_data)``, where
@@ -702,7 +717,7 @@ class _ConnectionHandler:
             return None
         if body_deadline is not None and deadline == body_deadline:
             server_logger.info(
-                "connection from %s: message not complete within %s s",
+                "message from %s timed out: not complete within %s s",
                 self.peer_text,
                 self.server.data_timeout,
             )
@@ -739,7 +754,7 @@ class _ConnectionHandler:
                 raise _ConnectionEnded from error
         if scope.cancelled_caught:
             server_logger.info(
-                "connection from %s: client did not read replies for %s s",
+                "connection from %s timed out: replies not read for %s s",
                 self.peer_text,
                 timeout,
             )
@@ -747,21 +762,21 @@ class _ConnectionHandler:
 
     async def _linger(self) -> None:
         """Read and drop client bytes for a moment before the socket closes."""
-        if self.peer_closed or self.timed_out:
+        # Only plain TCP can tell the client "no more data" without closing: over
+        # TLS a client that waits for the close would make both sides wait.
+        if self.peer_closed or self.timed_out or self.stream is not self.raw_stream:
             return
         try:
-            if self.stream is self.raw_stream:
-                await self.raw_stream.send_eof()
+            await self.raw_stream.send_eof()
             with anyio.move_on_after(LINGER_SECONDS):
                 for _ in range(LINGER_MAX_READS):
-                    await self.stream.receive(READ_SIZE)
+                    await self.raw_stream.receive(READ_SIZE)
         except (
             anyio.EndOfStream,
             anyio.BrokenResourceError,
             anyio.ClosedResourceError,
+            OSError,
         ):
-            pass
-        except OSError:  # ssl.SSLError too: nothing more can be said to this peer
             pass
 
     def _trace_event(self, event: Event) -> None:
@@ -889,7 +904,7 @@ class _ConnectionHandler:
         return INTERNAL_ERROR
 
     async def _send_reply(self, reply: Reply | None, where: str) -> None:
-        """Answer the pending command with ``reply``, or the default for ``None``."""
+        """Send ``reply`` for the pending command, or the default reply for ``None``."""
         conn = self.conn
         if reply is None:
             conn.accept()
