@@ -334,10 +334,6 @@ def test_bdat_size_at_limit() -> None:
     assert codes(out) == [250, 250]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: after a failed BDAT LAST the transaction stays open",
-)
 def test_bdat_failed_last_ends_transaction() -> None:
     # The reply to the last chunk is the final reply of the transaction, as
     # after DATA; DataRejected documents that the transaction is over.

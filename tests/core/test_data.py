@@ -22,8 +22,9 @@ from smtpproto import (
 )
 
 OK = b"250 2.0.0 OK\r\n"
-BARE_LF = b"550 5.5.2 Error: bare <LF> received\r\n"
-BARE_CR = b"550 5.5.2 Error: bare <CR> received\r\n"
+BARE_LINE_ENDING = (
+    b"550 5.5.2 Error: bare <CR> or <LF> received, use CRLF line endings\r\n"
+)
 TOO_BIG = b"552 5.3.4 Error: Too much mail data\r\n"
 LINE_TOO_LONG = b"500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)\r\n"
 
@@ -257,32 +258,30 @@ def test_data_size_counts_unstuffed_octets() -> None:
 
 
 BARE_CASES = [
-    pytest.param(b"a\nb\r\n", BARE_LF, b"a\r\nb\r\n", id="lf"),
-    pytest.param(b"a\rb\r\n", BARE_CR, b"a\r\nb\r\n", id="cr"),
-    pytest.param(b"a\n\r\n", BARE_LF, b"a\r\n\r\n", id="lf-before-crlf"),
-    pytest.param(b"a\r\r\n", BARE_CR, b"a\r\n\r\n", id="cr-before-crlf"),
-    pytest.param(b"a\n\nb\r\n", BARE_LF, b"a\r\n\r\nb\r\n", id="two-lf"),
-    pytest.param(b"a\n.\nb\r\n", BARE_LF, b"a\r\n.\r\nb\r\n", id="lf-dot-lf"),
-    pytest.param(b"a\r.\rb\r\n", BARE_CR, b"a\r\n.\r\nb\r\n", id="cr-dot-cr"),
+    pytest.param(b"a\nb\r\n", b"a\r\nb\r\n", id="lf"),
+    pytest.param(b"a\rb\r\n", b"a\r\nb\r\n", id="cr"),
+    pytest.param(b"a\n\r\n", b"a\r\n\r\n", id="lf-before-crlf"),
+    pytest.param(b"a\r\r\n", b"a\r\n\r\n", id="cr-before-crlf"),
+    pytest.param(b"a\n\nb\r\n", b"a\r\n\r\nb\r\n", id="two-lf"),
+    pytest.param(b"a\n.\nb\r\n", b"a\r\n.\r\nb\r\n", id="lf-dot-lf"),
+    pytest.param(b"a\r.\rb\r\n", b"a\r\n.\r\nb\r\n", id="cr-dot-cr"),
 ]
 
 
-@pytest.mark.parametrize(("wire", "reply", "normalized"), BARE_CASES)
-def test_bare_line_ending_reject(wire: bytes, reply: bytes, normalized: bytes) -> None:
+@pytest.mark.parametrize(("wire", "normalized"), BARE_CASES)
+def test_bare_line_ending_reject(wire: bytes, normalized: bytes) -> None:
     conn = in_data(bare_line_ending="reject")
     events, out = feed(conn, wire)
     assert out == b""  # The error waits for the end of the message.
     events, out = feed(conn, b".\r\n")
-    assert out == reply
+    assert out == BARE_LINE_ENDING
     assert completed(events) == []
     assert len(rejected(events)) == 1
     assert rejected(events)[0].code == 550
 
 
-@pytest.mark.parametrize(("wire", "reply", "normalized"), BARE_CASES)
-def test_bare_line_ending_normalize(
-    wire: bytes, reply: bytes, normalized: bytes
-) -> None:
+@pytest.mark.parametrize(("wire", "normalized"), BARE_CASES)
+def test_bare_line_ending_normalize(wire: bytes, normalized: bytes) -> None:
     conn = in_data(bare_line_ending="normalize")
     events, out = feed(conn, wire + b".\r\n")
     assert body(events) == normalized
@@ -290,8 +289,8 @@ def test_bare_line_ending_normalize(
     assert out == OK
 
 
-@pytest.mark.parametrize(("wire", "reply", "normalized"), BARE_CASES)
-def test_bare_line_ending_allow(wire: bytes, reply: bytes, normalized: bytes) -> None:
+@pytest.mark.parametrize(("wire", "normalized"), BARE_CASES)
+def test_bare_line_ending_allow(wire: bytes, normalized: bytes) -> None:
     conn = in_data(bare_line_ending="allow")
     events, out = feed(conn, wire + b".\r\n")
     assert body(events) == wire
@@ -415,10 +414,6 @@ def test_text_line_limit_edge(line: bytes, accepted: bool) -> None:
             assert completed(events) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a 1001-octet line without a stuffing dot is accepted",
-)
 def test_text_line_limit_unstuffed_1001() -> None:
     # max_text_line counts CRLF, and only a stuffing dot may add one octet.
     conn = in_data()
@@ -463,10 +458,44 @@ def test_text_line_limit_many_short_lines() -> None:
     assert out == OK
 
 
-def test_first_error_wins() -> None:
+@pytest.mark.parametrize(
+    ("wire", "reply"),
+    [
+        pytest.param(b"a\nb\r\n" + b"x" * 200 + b"\r\n", TOO_BIG, id="size-over-bare"),
+        pytest.param(b"x" * 1100 + b"\r\n", TOO_BIG, id="size-over-line"),
+        pytest.param(b"x" * 1100 + b"\r\na\nb\r\n", TOO_BIG, id="size-over-both"),
+    ],
+)
+def test_error_order_size_first(wire: bytes, reply: bytes) -> None:
     conn = in_data(max_message_size=100)
-    _, out = feed(conn, b"a\nb\r\n" + b"x" * 200 + b"\r\n.\r\n")
-    assert out == BARE_LF
+    _, out = feed(conn, wire + b".\r\n")
+    assert out == reply
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        pytest.param(b"a\nb\r\n" + b"x" * 1100 + b"\r\n", id="bare-then-long"),
+        pytest.param(b"x" * 1100 + b"\r\na\nb\r\n", id="long-then-bare"),
+    ],
+)
+def test_error_order_line_before_bare(wire: bytes) -> None:
+    conn = in_data()
+    _, out = feed(conn, wire + b".\r\n")
+    assert out == LINE_TOO_LONG
+
+
+def test_error_reply_split_invariant() -> None:
+    # The reply must not depend on where the reads split the content.
+    wire = b"a\nb\r\n" + b"x" * 1100 + b"\r\n" + b"y" * 300 + b"\r\n.\r\n"
+    for split in range(1, len(wire), 7):
+        conn = in_data(max_message_size=1200)
+        _, out = feed_pieces(conn, pieces_of(wire, split))
+        assert out == TOO_BIG, f"split at {split}"
+    for split in range(1, len(wire), 7):
+        conn = in_data()
+        _, out = feed_pieces(conn, pieces_of(wire, split))
+        assert out == LINE_TOO_LONG, f"split at {split}"
 
 
 # After the message

@@ -205,10 +205,6 @@ def test_bdat_last_one_reply_per_recipient() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: LMTP DATA after only failed RCPTs gets 554, not 503",
-)
 def test_data_without_accepted_recipients() -> None:
     # RFC 2033, section 4.2: with no successful RCPT, DATA fails with 503.
     respond = rejecting("one@example.com")
