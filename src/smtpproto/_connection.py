@@ -6,7 +6,6 @@ import base64
 import binascii
 import re
 import secrets
-from collections import deque
 from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Final, Literal
@@ -156,6 +155,80 @@ class ServerConnection:
         ``554 5.5.0`` and close, as Postfix's ``smtpd_forbid_unauth_pipelining``.
     """
 
+    # Slots keep an idle connection small: a server may hold many thousands.
+    __slots__ = (
+        "_accepted",
+        "_auth_challenge",
+        "_auth_mechanism",
+        "_auth_step",
+        "_auth_username",
+        "_bare_line_ending",
+        "_bdat_active",
+        "_bdat_discard",
+        "_bdat_error",
+        "_bdat_failed",
+        "_bdat_last",
+        "_bdat_remaining",
+        "_bdat_size",
+        "_buffer",
+        "_commands",
+        "_discarding_line",
+        "_early_talker",
+        "_errors",
+        "_esc",
+        "_greeted",
+        "_has_sender",
+        "_hello",
+        "_line_dot",
+        "_line_length",
+        "_line_start",
+        "_line_too_long",
+        "_lmtp_replies",
+        "_message_error",
+        "_message_size",
+        "_out",
+        "_peer_closed",
+        "_pending",
+        "_plain_accept",
+        "_pos",
+        "_queued",
+        "_rcpt_attempted",
+        "_shutdown_requested",
+        "_smtputf8",
+        "_snapshot",
+        "_state",
+        "_strict_lines",
+        "_tls_active",
+        "_unauthenticated_commands",
+        "auth_mechanisms",
+        "auth_require_tls",
+        "auth_required",
+        "bare_line_ending",
+        "enable_8bitmime",
+        "enable_chunking",
+        "enable_dsn",
+        "enable_enhanced_status_codes",
+        "enable_help",
+        "enable_pipelining",
+        "enable_smtputf8",
+        "envelope",
+        "hostname",
+        "lmtp",
+        "max_command_line",
+        "max_errors",
+        "max_message_size",
+        "max_proxy_header",
+        "max_recipients",
+        "max_sasl_response",
+        "max_text_line",
+        "max_unauthenticated_commands",
+        "proxy_protocol",
+        "reject_unsynchronized",
+        "require_starttls",
+        "session",
+        "tls_available",
+    )
+
     def __init__(
         self,
         hostname: str,
@@ -252,7 +325,7 @@ class ServerConnection:
         self._buffer: bytes | bytearray = b""
         self._pos = 0
         self._out: list[bytes] = []
-        self._queued: deque[Event] = deque()
+        self._queued: list[Event] = []
         self._pending: Event | str | None = _GREETING_PENDING
         self._snapshot: object = None
         self._hello = False
@@ -267,32 +340,10 @@ class ServerConnection:
         self._strict_lines = bare_line_ending == "reject"
         # Rendered default replies of the commands whose success changes no
         # state: accept() sends them without building a Reply.
-        self._plain_accept: dict[type[Event | str], bytes] = {
-            kind: _render(reply, enable_enhanced_status_codes)
-            for kind, reply in _STATELESS_REPLIES.items()
-        }
-
-        # Command handlers, looked up by upper-cased verb.
-        self._commands: dict[str, Callable[[str | None], Event | None]] = {
-            "MAIL": self._command_mail,
-            "RCPT": self._command_rcpt,
-            "DATA": self._command_data,
-            "RSET": self._command_rset,
-            "NOOP": self._command_noop,
-            "QUIT": self._command_quit,
-            "VRFY": self._command_vrfy,
-            "EXPN": self._command_expn,
-            "HELP": self._command_help,
-            "STARTTLS": self._command_starttls,
-            "AUTH": self._command_auth,
-        }
-        if enable_chunking:
-            self._commands["BDAT"] = self._command_bdat
-        if lmtp:
-            self._commands["LHLO"] = self._command_lhlo
-        else:
-            self._commands["HELO"] = self._command_helo
-            self._commands["EHLO"] = self._command_ehlo
+        self._plain_accept = _PLAIN_ACCEPT[enable_enhanced_status_codes]
+        # Command handlers by upper-cased verb; shared by connections that
+        # have the same options.
+        self._commands = _command_table(lmtp=lmtp, chunking=enable_chunking)
 
         # Transaction state, set by _reset_transaction().
         self._has_sender = False
@@ -394,7 +445,7 @@ class ServerConnection:
         """Return the next event, :data:`NEED_DATA` or :data:`PAUSED`."""
         while True:
             if self._queued:
-                event = self._queued.popleft()
+                event = self._queued.pop(0)
                 if type(event) not in _NOTIFICATIONS:
                     self._pending = event
                 return event
@@ -926,7 +977,7 @@ class ServerConnection:
             return None
         if handler is None:
             return UnknownCommand(verb=verb, argument=argument or None)
-        return handler(argument or None)
+        return handler(self, argument or None)
 
     def _gate_refuses(self, verb: str) -> bool:
         """Apply the STARTTLS and AUTH requirements; return True if refused."""
@@ -1669,3 +1720,42 @@ _DEFAULT_REPLIES: Final[dict[type[Event], Reply]] = {
     Auth: replies.AUTH_FAILED,
     AuthResponse: replies.AUTH_FAILED,
 }
+
+
+_PLAIN_ACCEPT: Final[dict[bool, dict[type[Event | str], bytes]]] = {
+    esc: {kind: _render(reply, esc) for kind, reply in _STATELESS_REPLIES.items()}
+    for esc in (False, True)
+}
+
+_CommandHandler = Callable[[ServerConnection, "str | None"], "Event | None"]
+_COMMAND_TABLES: dict[tuple[bool, bool], dict[str, _CommandHandler]] = {}
+
+
+def _command_table(*, lmtp: bool, chunking: bool) -> dict[str, _CommandHandler]:
+    """Return the verb table for these options, built once per combination."""
+    key = (lmtp, chunking)
+    table = _COMMAND_TABLES.get(key)
+    if table is None:
+        cls = ServerConnection
+        table = {
+            "MAIL": cls._command_mail,
+            "RCPT": cls._command_rcpt,
+            "DATA": cls._command_data,
+            "RSET": cls._command_rset,
+            "NOOP": cls._command_noop,
+            "QUIT": cls._command_quit,
+            "VRFY": cls._command_vrfy,
+            "EXPN": cls._command_expn,
+            "HELP": cls._command_help,
+            "STARTTLS": cls._command_starttls,
+            "AUTH": cls._command_auth,
+        }
+        if chunking:
+            table["BDAT"] = cls._command_bdat
+        if lmtp:
+            table["LHLO"] = cls._command_lhlo
+        else:
+            table["HELO"] = cls._command_helo
+            table["EHLO"] = cls._command_ehlo
+        _COMMAND_TABLES[key] = table
+    return table
