@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import re
 from itertools import pairwise
 from typing import Any
 
@@ -325,6 +327,49 @@ def test_bare_lf_reject_discards_later_content() -> None:
     conn = in_data(bare_line_ending="reject")
     events, _ = feed(conn, b"a\nb\r\nmore text\r\n.\r\n")
     assert body(events) == b""
+
+
+# Reference model
+
+BARE_PATTERN = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+PIECES = [b"a", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b"\r\n..", b".."]
+
+
+def expected_content(wire: bytes, policy: str) -> bytes | None:
+    """Return the content the engine must deliver for ``wire``, or None for 550.
+
+    The content ends at the first CRLF.CRLF (the leading CRLF may be the one
+    before the DATA reply). Unstuffing removes the dot after every CRLF, and
+    "normalize" then turns each bare CR or LF into CRLF.
+    """
+    framed = b"\r\n" + wire
+    end = framed.find(b"\r\n.\r\n")
+    content = framed[2 : end + 2] if end > 0 else b""
+    unstuffed = (b"\r\n" + content).replace(b"\r\n.", b"\r\n")[2:]
+    if policy == "reject":
+        return None if BARE_PATTERN.search(content) else unstuffed
+    if policy == "normalize":
+        return BARE_PATTERN.sub(b"\r\n", unstuffed)
+    return unstuffed
+
+
+@pytest.mark.parametrize("policy", ["reject", "normalize", "allow"])
+def test_content_matches_reference_model(policy: str) -> None:
+    rng = random.Random(5321)
+    for trial in range(400):
+        middle = b"".join(rng.choice(PIECES) for _ in range(rng.randint(0, 30)))
+        wire = middle + b"\r\n.\r\n"
+        splits = sorted(rng.sample(range(1, len(wire)), min(3, len(wire) - 1)))
+        conn = in_data(bare_line_ending=policy)
+        events, out = feed_pieces(conn, pieces_of(wire, *splits))
+        expected = expected_content(wire, policy)
+        case = f"trial {trial}: {wire!r} split at {splits}"
+        if expected is None:
+            assert out.startswith(BARE_LINE_ENDING), case
+            assert completed(events) == [], case
+        else:
+            assert out.startswith(OK), case
+            assert body(events) == expected, case
 
 
 # Size limit
