@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=(
             "store each message in the Maildir at PATH (created if missing) "
-            "instead of printing it; replaces -c"
+            "instead of printing it; replaces -c. Without -n, PATH must be "
+            "writable by the user 'nobody'"
         ),
     )
     parser.add_argument(
@@ -412,6 +413,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     )
     tls_context = load_tls_context(args.tlscert, args.tlskey, "tls")
     smtps_context = load_tls_context(args.smtpscert, args.smtpskey, "smtps")
+    if args.smtps_listen is not None and smtps_context is None:
+        raise UsageError("--smtps-listen needs --smtpscert and --smtpskey")
 
     if args.maildir is not None:
         if args.classpath is not None or args.classargs:

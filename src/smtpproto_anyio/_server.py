@@ -454,6 +454,8 @@ class SMTPServer:
     ) -> None:
         handler = _ConnectionHandler(self, stream, ssl_context)
         self._connections.add(handler)
+        if self._shutting_down:  # accepted just before the listener closed
+            handler.request_shutdown()
         try:
             await handler.run()
         finally:
@@ -1095,9 +1097,15 @@ class _ConnectionHandler:
         else:
             # LMTP wants one reply per accepted recipient: a single reply serves
             # them all, a list gives one each in RCPT order.
+            # A list shorter than the recipients gets 451 for the rest.
             index = 0
             while True:
-                reply = replies[min(index, len(replies) - 1)]
+                if len(replies) == 1:
+                    reply = replies[0]
+                elif index < len(replies):
+                    reply = replies[index]
+                else:
+                    reply = INTERNAL_ERROR
                 if reply is None or 200 <= reply.code < 300:
                     accepted += 1
                 await self._send_reply(reply, "handle_DATA")
@@ -1129,8 +1137,11 @@ class _ConnectionHandler:
         try:
             status = await self._invoke(hook, self.server, conn.session, conn.envelope)
             if isinstance(status, (list, tuple)):
-                if not status:
-                    raise ValueError("handle_DATA returned an empty list")
+                if not status or not all(isinstance(s, str) for s in status):
+                    raise TypeError(
+                        f"handle_DATA returned {status!r:.80}; a list must hold "
+                        f"one status string per recipient"
+                    )
                 return [reply_from_status(s, "handle_DATA") for s in status]
             reply = reply_from_status(status, "handle_DATA")
             return None if reply is None else [reply]

@@ -314,6 +314,7 @@ def run_main(*args: str) -> subprocess.CompletedProcess[str]:
         (["--backend", "trio", "--uvloop"], "--uvloop works only with"),
         (["--auth-user", "nocolon"], "USER:PASSWORD"),
         (["--maildir", "/tmp/x", "-c", "a.B"], "--maildir cannot be combined"),
+        (["--smtps-listen", "127.0.0.1:0"], "--smtps-listen needs --smtpscert"),
     ],
     ids=[
         "port",
@@ -326,6 +327,7 @@ def run_main(*args: str) -> subprocess.CompletedProcess[str]:
         "uvloop-trio",
         "auth-user",
         "maildir-and-class",
+        "smtps-listen-alone",
     ],
 )
 def test_cli_usage_errors(args: list[str], message: str) -> None:

@@ -501,6 +501,23 @@ async def test_lmtp_reply_per_recipient(
         assert (await client.command("NOOP"))[0] == 250
 
 
+@pytest.mark.parametrize(
+    "status", [[], ["250 OK", None, "250 OK"]], ids=["empty", "none"]
+)
+async def test_lmtp_invalid_list_replies_451(
+    status: list[Any], open_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler, _ = make_handler(True, {"DATA": status})
+    caplog.set_level(logging.CRITICAL, logger="smtpproto.server")
+    async with (
+        serving(handler, lmtp=True) as server,
+        open_client(server.port) as client,
+    ):
+        replies = await lmtp_transaction(client, 3)
+        assert [code for code, _ in replies] == [451, 451, 451]
+        assert (await client.command("NOOP"))[0] == 250
+
+
 async def test_lmtp_short_list_fills_451(
     open_client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -511,7 +528,7 @@ async def test_lmtp_short_list_fills_451(
         open_client(server.port) as client,
     ):
         replies = await lmtp_transaction(client, 3)
-        assert [code for code, _ in replies] == [250, 250, 250]
+        assert [code for code, _ in replies] == [250, 250, 451]
         assert (await client.command("NOOP"))[0] == 250
 
 
