@@ -33,18 +33,11 @@ def noop_line(length: int) -> bytes:
 @pytest.mark.parametrize(
     ("options", "limit"),
     [
-        pytest.param({"max_message_size": None}, 512, id="base"),
         pytest.param({}, 512 + 26, id="size"),
-        pytest.param(
-            {"max_message_size": None, "enable_smtputf8": True}, 522, id="utf8"
-        ),
-        pytest.param(
-            {"max_message_size": None, "auth_mechanisms": ("PLAIN",)}, 1012, id="auth"
-        ),
-        pytest.param({"max_message_size": None, "enable_dsn": True}, 1152, id="dsn"),
-        pytest.param(
-            {"max_message_size": None, "max_command_line": 2048}, 2048, id="custom"
-        ),
+        pytest.param({"enable_smtputf8": True}, 512 + 26 + 10, id="utf8"),
+        pytest.param({"auth_mechanisms": ("PLAIN",)}, 512 + 26 + 500, id="auth"),
+        pytest.param({"enable_dsn": True}, 512 + 26 + 640, id="dsn"),
+        pytest.param({"max_command_line": 2048}, 2048 + 26, id="custom"),
     ],
 )
 def test_command_line_limit_edge(options: dict[str, object], limit: int) -> None:
@@ -56,11 +49,24 @@ def test_command_line_limit_edge(options: dict[str, object], limit: int) -> None
 
 
 def test_command_line_limit_not_growing_per_ehlo() -> None:
-    conn = new_connection(max_message_size=None, auth_mechanisms=("PLAIN",))
+    conn = new_connection(auth_mechanisms=("PLAIN",))
     for _ in range(5):
         feed(conn, b"EHLO client.example\r\n")
-    _, out = feed(conn, noop_line(1013))
+    _, out = feed(conn, noop_line(1039))
     assert out == LINE_TOO_LONG
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine bug: bare SIZE (max_message_size=None) drops the 26-octet allowance",
+)
+def test_command_line_allowance_unlimited_size() -> None:
+    # RFC 1870, section 3: SIZE lengthens the MAIL command line by 26 octets,
+    # and SIZE is advertised (without a value) when the size is unlimited.
+    conn = new_connection(max_message_size=None)
+    assert "SIZE" in conn.extensions
+    _, out = feed(conn, noop_line(538))
+    assert out == b"250 2.0.0 OK\r\n"
 
 
 def test_command_line_too_long_recovers() -> None:
