@@ -388,3 +388,24 @@ def test_bdat_huge_size_gets_552_at_end() -> None:
     events, out = feed(conn, b"q" * 5000)
     assert out == TOO_BIG
     assert any(isinstance(e, DataRejected) for e in events)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine bug: EHLO/HELO/STARTTLS end a BDAT transaction without DataRejected",
+)
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param(b"EHLO client.example\r\n", id="ehlo"),
+        pytest.param(b"HELO client.example\r\n", id="helo"),
+        pytest.param(b"STARTTLS\r\n", id="starttls"),
+    ],
+)
+def test_bdat_transaction_reset_notifies(line: bytes) -> None:
+    # As on RSET, the application must learn that the chunks it collected
+    # belong to a dropped transaction, or they end up in the next message.
+    conn = in_transaction(tls_available=True)
+    feed(conn, b"BDAT 3\r\nabc")
+    events, _ = feed(conn, line)
+    assert isinstance(events[0], DataRejected)
