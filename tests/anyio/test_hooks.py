@@ -173,10 +173,33 @@ async def test_hooks_add_attributes(open_client: Any) -> None:
 # ---------------------------------------------------------------- EHLO forms
 
 
-async def test_ehlo_hook_five_arguments(open_client: Any) -> None:
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_ehlo_hook_five_arguments(is_async: bool, open_client: Any) -> None:
     received: list[list[str]] = []
 
-    class Handler:
+    def edit_responses(
+        server: SMTPServer,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        received.append(list(responses))
+        session.host_name = hostname
+        return [line for line in responses if "CHUNKING" not in line] + ["250 XTRA"]
+
+    class SyncHandler:
+        def handle_EHLO(
+            self,
+            server: SMTPServer,
+            session: Session,
+            envelope: Envelope,
+            hostname: str,
+            responses: list[str],
+        ) -> list[str]:
+            return edit_responses(server, session, envelope, hostname, responses)
+
+    class AsyncHandler:
         async def handle_EHLO(
             self,
             server: SMTPServer,
@@ -185,11 +208,10 @@ async def test_ehlo_hook_five_arguments(open_client: Any) -> None:
             hostname: str,
             responses: list[str],
         ) -> list[str]:
-            received.append(list(responses))
-            session.host_name = hostname
-            return [line for line in responses if "CHUNKING" not in line] + ["250 XTRA"]
+            return edit_responses(server, session, envelope, hostname, responses)
 
-    async with serving(Handler()) as server, open_client(server.port) as client:
+    handler = AsyncHandler() if is_async else SyncHandler()
+    async with serving(handler) as server, open_client(server.port) as client:
         code, lines = await client.command("EHLO client.test")
     assert code == 250
     assert received[0][0] == f"250-{HOSTNAME}"
@@ -385,8 +407,20 @@ class StreamingHandler:
         return "250 streamed"
 
 
-async def test_streaming_hook_gets_chunks(open_client: Any) -> None:
-    handler = StreamingHandler()
+class SyncStreamingHandler(StreamingHandler):
+    def handle_DATA_CHUNK(  # type: ignore[override]
+        self, server: SMTPServer, session: Session, envelope: Envelope, data: bytes
+    ) -> None:
+        self.chunks.append(data)
+
+
+@pytest.mark.parametrize(
+    "handler_class", [SyncStreamingHandler, StreamingHandler], ids=["sync", "async"]
+)
+async def test_streaming_hook_gets_chunks(
+    handler_class: type[StreamingHandler], open_client: Any
+) -> None:
+    handler = handler_class()
     body = b"".join(b"line %d ..dots\r\n" % i for i in range(5000))
     async with serving(handler) as server, open_client(server.port) as client:
         await client.command("EHLO client.test")
@@ -649,8 +683,9 @@ async def test_authenticator_raising_replies_451(
         assert (await client.command("NOOP"))[0] == 250
 
 
-async def test_handle_auth_hook(open_client: Any) -> None:
-    handler, calls = make_handler(True, {"AUTH": "235 2.7.0 Welcome"})
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_handle_auth_hook(is_async: bool, open_client: Any) -> None:
+    handler, calls = make_handler(is_async, {"AUTH": "235 2.7.0 Welcome"})
     async with (
         serving(handler, auth_require_tls=False) as server,
         open_client(server.port) as client,

@@ -318,8 +318,21 @@ class ProxyRecorder:
         return self.accept
 
 
-async def test_proxy_header_accepted(open_client: Any) -> None:
-    handler = ProxyRecorder(accept=True)
+class SyncProxyRecorder(ProxyRecorder):
+    def handle_PROXY(  # type: ignore[override]
+        self, server: SMTPServer, session: Session, envelope: Envelope, proxy_data: Any
+    ) -> bool:
+        self.headers.append(proxy_data)
+        return self.accept
+
+
+@pytest.mark.parametrize(
+    "handler_class", [SyncProxyRecorder, ProxyRecorder], ids=["sync", "async"]
+)
+async def test_proxy_header_accepted(
+    handler_class: type[ProxyRecorder], open_client: Any
+) -> None:
+    handler = handler_class(accept=True)
     async with (
         serving(handler, proxy_protocol_timeout=5) as server,
         open_client(server.port, greeting=False) as client,

@@ -184,12 +184,14 @@ async def test_starttls_drops_pipelined_plaintext(
         assert (await client.command("NOOP"))[0] == 250
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize(
     ("outcome", "refused"),
     [(True, False), (False, True), ("raise", True)],
     ids=["accepted", "refused", "raising"],
 )
 async def test_handle_starttls(
+    is_async: bool,
     outcome: object,
     refused: bool,
     server_tls_context: ssl.SSLContext,
@@ -199,18 +201,28 @@ async def test_handle_starttls(
 ) -> None:
     seen: list[Session] = []
 
-    class Handler:
+    def check_tls(session: Session) -> bool:
+        seen.append(session)
+        if outcome == "raise":
+            raise RuntimeError("certificate check broke")
+        return bool(outcome)
+
+    class SyncHandler:
         def handle_STARTTLS(
             self, server: SMTPServer, session: Session, envelope: Envelope
         ) -> bool:
-            seen.append(session)
-            if outcome == "raise":
-                raise RuntimeError("certificate check broke")
-            return bool(outcome)
+            return check_tls(session)
 
+    class AsyncHandler:
+        async def handle_STARTTLS(
+            self, server: SMTPServer, session: Session, envelope: Envelope
+        ) -> bool:
+            return check_tls(session)
+
+    handler = AsyncHandler() if is_async else SyncHandler()
     caplog.set_level(logging.CRITICAL, logger="smtpproto.server")
     async with (
-        starttls_server(Handler(), server_tls_context) as server,
+        starttls_server(handler, server_tls_context) as server,
         open_client(server.port) as client,
     ):
         await client.command("EHLO client.test")
