@@ -338,9 +338,10 @@ PIECES = [b"a", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b"\r\n..", b".."]
 def expected_content(wire: bytes, policy: str) -> bytes | None:
     """Return the content the engine must deliver for ``wire``, or None for 550.
 
-    The content ends at the first CRLF.CRLF (the leading CRLF may be the one
-    before the DATA reply). Unstuffing removes the dot after every CRLF, and
-    "normalize" then turns each bare CR or LF into CRLF.
+    The content ends at the first CRLF.CRLF, counting the CRLF of the DATA
+    command line, so "." alone on the first line ends it too. Unstuffing
+    removes the dot after every CRLF, and "normalize" then turns each bare CR
+    or LF into CRLF.
     """
     framed = b"\r\n" + wire
     end = framed.find(b"\r\n.\r\n")
