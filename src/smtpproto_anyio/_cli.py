@@ -455,7 +455,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         smtps_port=smtps_port,
         smtps_context=smtps_context,
         setuid=not args.nosetuid,
-        backend=args.backend,
+        backend="asyncio with uvloop" if args.uvloop else args.backend,
     )
     try:
         anyio.run(

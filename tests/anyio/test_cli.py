@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import selectors
@@ -135,6 +136,18 @@ def test_cli_ctrl_c_exits_cleanly(backend: str) -> None:
     assert elapsed < 5
     assert "Traceback" not in cli.stderr
     assert "KeyboardInterrupt" not in cli.stderr
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed"
+)
+def test_cli_uvloop() -> None:
+    with run_cli("--uvloop") as cli:
+        assert cli.banner.endswith("(asyncio with uvloop)")
+        send_message(cli.port)
+        cli.stop()
+    assert cli.returncode == 0, cli.stderr
+    assert "Hello from the CLI test" in cli.stdout
 
 
 def test_cli_stop_sends_421_to_idle_client() -> None:
