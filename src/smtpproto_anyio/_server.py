@@ -670,6 +670,10 @@ class _ConnectionHandler:
         conn = self.conn
         while True:
             if self.shutdown_requested and not self.shutdown_sent:
+                if self.awaiting_proxy:
+                    # No SMTP session exists before the PROXY header, and the
+                    # engine's shutdown() waits for the greeting then.
+                    raise _ConnectionEnded
                 self.shutdown_sent = True
                 conn.shutdown()
             await self._flush()

@@ -129,6 +129,19 @@ async def test_proxy_header_timeout(open_client: Any) -> None:
 # ---------------------------------------------------------------- shutdown
 
 
+async def test_shutdown_while_waiting_for_proxy_header(open_client: Any) -> None:
+    server = SMTPServer(Recorder(), hostname=HOSTNAME, proxy_protocol_timeout=30)
+    async with (
+        server.serving("127.0.0.1", 0),
+        open_client(server.port, greeting=False) as client,
+    ):
+        await client.send(b"PROXY TCP4 192.0.2.1")
+        await anyio.sleep(0.1)
+        with anyio.fail_after(3):
+            await server.shutdown()
+        assert await client.closed()
+
+
 async def test_shutdown_closes_idle_sessions(open_client: Any) -> None:
     server = SMTPServer(Recorder(), hostname=HOSTNAME)
     async with server.serving("127.0.0.1", 0):
