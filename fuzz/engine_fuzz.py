@@ -127,18 +127,11 @@ class Options:
         if bit(19):
             interrupt = "timeout" if bit(20) else "shutdown"
         # Bytes after an accepted STARTTLS are dropped, which depends on where
-        # the reads end; the CRAM-MD5 challenge is random; reject_unsynchronized
-        # looks at what is buffered. Those configurations skip the comparison.
-        # NOTE: "normalize" is skipped too because dot-unstuffing after a bare
-        # LF depends on read boundaries there (test_fuzz_regressions.py has the
-        # case); drop that exclusion once the engine is fixed.
+        # the reads end. The CRAM-MD5 challenge is random, and
+        # reject_unsynchronized looks at what is buffered. Those configurations
+        # skip the comparison.
         differential = (
-            bit(17)
-            and interrupt is None
-            and not bit(6)
-            and not bit(5)
-            and not bit(9)
-            and policy != "normalize"
+            bit(17) and interrupt is None and not bit(6) and not bit(5) and not bit(9)
         )
         return cls(
             engine=engine,
@@ -418,26 +411,13 @@ def check_line_endings(case: FuzzInput, events: list[Event]) -> None:
         elif isinstance(event, DataChunk):
             content += event.data
         elif isinstance(event, DataComplete) and in_data:
-            bare = has_bare_line_ending(content)
-            assert not bare or hides_bare_line_ending(content), (
+            assert not has_bare_line_ending(content), (
                 f"message with a bare CR or LF completed: {bytes(content[:200])!r}"
             )
 
 
 def has_bare_line_ending(content: bytes | bytearray) -> bool:
     return bool(re.search(rb"\r(?!\n)|(?<!\r)\n", content))
-
-
-def hides_bare_line_ending(content: bytes | bytearray) -> bool:
-    """Recognize bare CR and LF that the engine misses: the case pinned in
-    test_fuzz_regressions.py, where the CR and LF octets alone read as CRLF pairs.
-
-    Set FUZZ_STRICT=1 to fail on it too.
-    """
-    if os.environ.get("FUZZ_STRICT") == "1":
-        return False
-    endings = bytes(c for c in content if c in (0x0D, 0x0A))
-    return endings == b"\r\n" * (len(endings) // 2)
 
 
 def run_input(data: bytes) -> None:
@@ -448,14 +428,7 @@ def run_input(data: bytes) -> None:
         split = run_session(case, pieces)
         check_replies(split.output)
         check_line_endings(case, split.events)
-        # NOTE: under "reject", a message whose bare CR and LF read as CRLF
-        # pairs is accepted or rejected depending on reads (the engine bug in
-        # hides_bare_line_ending); such streams skip the comparison.
-        mixed_bare = case.options.engine["bare_line_ending"] == "reject" and bool(
-            re.search(rb"\r(?!\n)", case.stream)
-            and re.search(rb"(?<!\r)\n", case.stream)
-        )
-        if case.options.differential and not mixed_bare:
+        if case.options.differential:
             whole = run_session(case, [case.stream] if case.stream else [])
             assert canonical_events(whole.events) == canonical_events(split.events), (
                 "events differ between one read and several reads"

@@ -1,0 +1,136 @@
+"""Minimal reproductions of engine bugs found by fuzzing and property tests.
+
+Each test feeds the smallest input found and checks the behavior the engine
+should have. A test marked xfail pins a bug that is still open. The xfail is
+strict, so the fix makes the test fail until its mark is removed.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from helpers import body, codes, feed, feed_pieces, merge_chunks, new_connection
+from smtpproto import AuthCredentials, DataComplete, DataRejected, MailFrom
+
+OPENING = (
+    b"EHLO client.example\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+)
+
+
+def deliver(pieces: list[bytes], **options: Any) -> tuple[list[Any], bytes]:
+    """Send the opening, DATA and ``pieces``; return merged events and output."""
+    conn = new_connection(**options)
+    feed(conn, OPENING + b"DATA\r\n")
+    events, out = feed_pieces(conn, pieces)
+    return merge_chunks(events), out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BDAT size passes str.isdigit() but int() rejects '²': ValueError",
+)
+def test_bdat_unicode_digit_size() -> None:
+    conn = new_connection(enable_smtputf8=True)
+    feed(conn, OPENING)
+    _, out = feed(conn, "BDAT ²\r\n".encode())
+    assert codes(out) == [501]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SIZE= value passes str.isdigit() but int() rejects '²': ValueError",
+)
+def test_mail_size_unicode_digit() -> None:
+    conn = new_connection(enable_smtputf8=True)
+    feed(conn, b"EHLO client.example\r\n")
+    _, out = feed(conn, "MAIL FROM:<a@example.com> SIZE=²\r\n".encode())
+    assert codes(out) == [501]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SIZE= accepts non-ASCII decimal digits such as '١' (RFC 1870: DIGIT)",
+)
+def test_mail_size_arabic_digit() -> None:
+    conn = new_connection(enable_smtputf8=True)
+    feed(conn, b"EHLO client.example\r\n")
+    events, out = feed(conn, "MAIL FROM:<a@example.com> SIZE=١\r\n".encode())
+    assert not any(isinstance(e, MailFrom) for e in events)
+    assert codes(out) == [501]
+
+
+@pytest.mark.parametrize("policy", ["reject", "normalize"])
+def test_bare_cr_lf_pair_detected(policy: str) -> None:
+    # A bare CR and a bare LF with other octets between them once passed as
+    # one CRLF pair, so "\n.\r\n" got through the reject policy.
+    events, _ = deliver([b"a\rb\n.\r\nc\r\n.\r\n"], bare_line_ending=policy)
+    ends = [e for e in events if isinstance(e, (DataComplete, DataRejected))]
+    assert len(ends) == 1
+    if policy == "reject":
+        assert isinstance(ends[0], DataRejected)
+    else:
+        assert body(events) == b"a\r\nb\r\n.\r\nc\r\n"
+
+
+def test_bare_reply_read_independent() -> None:
+    # The reply once named CR or LF depending on which came in the first read.
+    _, whole = deliver([b"\r.\n\r\n.\r\n"])
+    _, split = deliver([b"\r.", b"\n\r\n.\r\n"])
+    assert codes(whole) == [550]
+    assert split == whole
+
+
+def test_normalize_unstuffing_read_independent() -> None:
+    # A dot after a bare LF was once unstuffed only when a CRLF-dot line
+    # came in the same read.
+    content = b"a\n..b\r\n..c\r\n.\r\n"
+    whole, _ = deliver([content], bare_line_ending="normalize")
+    split, _ = deliver([content[:5], content[5:]], bare_line_ending="normalize")
+    alone, _ = deliver([b"a\n..b\r\n.\r\n"], bare_line_ending="normalize")
+    assert body(split) == body(whole)
+    # The line after the bare LF reads the same with or without a later line.
+    assert body(alone).split(b"\r\n")[:2] == body(whole).split(b"\r\n")[:2]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "normalize and allow count the LF twice: a CRLF line of exactly "
+        "max_command_line octets gets 500 Line too long"
+    ),
+)
+@pytest.mark.parametrize("policy", ["normalize", "allow"])
+def test_command_line_exact_limit(policy: str) -> None:
+    conn = new_connection(bare_line_ending=policy, max_message_size=None)
+    line = b"NOOP " + b"x" * (conn.max_command_line - 7) + b"\r\n"
+    assert len(line) == conn.max_command_line
+    _, out = feed(conn, line)
+    assert codes(out) == [250]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="str.upper() folds 'ı' to 'I', so 'MAıL' runs as MAIL",
+)
+def test_verb_non_ascii_not_folded() -> None:
+    conn = new_connection(enable_smtputf8=True)
+    feed(conn, b"EHLO client.example\r\n")
+    events, _ = feed(conn, "MAıL FROM:<a@example.com>\r\n".encode())
+    assert not any(isinstance(e, MailFrom) for e in events)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hmac.compare_digest raises TypeError on a non-ASCII str digest",
+)
+def test_cram_md5_non_ascii_digest() -> None:
+    conn = new_connection(auth_mechanisms=("CRAM-MD5",), auth_require_tls=False)
+    feed(conn, b"EHLO client.example\r\nAUTH CRAM-MD5\r\n")
+    response = base64.b64encode(b"user " + "é".encode() * 32)
+    conn.receive_data(response + b"\r\n")
+    credentials = conn.next_event()
+    assert isinstance(credentials, AuthCredentials)
+    assert credentials.verify_cram_md5("secret") is False
