@@ -601,6 +601,60 @@ def test_smuggling_one_message(
     assert_well_formed(out)
 
 
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=100, deadline=None)
+@given(
+    bodies=st.lists(
+        st.tuples(st.binary(max_size=30), SMUGGLE, st.binary(max_size=20)),
+        min_size=1,
+        max_size=3,
+    ),
+    data=st.data(),
+)
+def test_smuggling_message_per_terminator(
+    policy: str, bodies: list[tuple[bytes, bytes, bytes]], data: st.DataObject
+) -> None:
+    stream = b"EHLO client.example\r\n"
+    senders = []
+    for index, (head, smuggle, tail) in enumerate(bodies):
+        payload = head + smuggle + INNER_TRANSACTION + tail
+        framed = b"\r\n" + payload + b"\r\n.\r\n"
+        assume(framed.find(b"\r\n.\r\n") == len(payload) + 2)
+        sender = f"sender{index}@example.com"
+        senders.append(sender)
+        stream += (
+            f"MAIL FROM:<{sender}>\r\nRCPT TO:<rcpt@example.com>\r\nDATA\r\n".encode()
+            + payload
+            + b"\r\n.\r\n"
+        )
+    stream += b"QUIT\r\n"
+    options = {"bare_line_ending": policy}
+    events, _ = run_pieces(options, split_at(stream, data.draw(cuts_for(stream))))
+    mails = [e.address for e in events if isinstance(e, MailFrom)]
+    ends = [e for e in events if isinstance(e, (DataComplete, DataRejected))]
+    assert mails == senders
+    assert len(ends) == len(bodies)
+
+
+@settings(max_examples=100, deadline=None)
+@given(chunk=st.binary(max_size=80), data=st.data())
+def test_bdat_content_never_commands(chunk: bytes, data: st.DataObject) -> None:
+    content = chunk + b"\r\n.\r\n" + INNER_TRANSACTION + b".\r\nQUIT\r\n"
+    stream = (
+        b"EHLO client.example\r\nMAIL FROM:<sender@example.com>\r\n"
+        b"RCPT TO:<rcpt@example.com>\r\n"
+        + f"BDAT {len(content)} LAST\r\n".encode()
+        + content
+        + b"NOOP\r\n"
+    )
+    events, out = run_pieces({}, split_at(stream, data.draw(cuts_for(stream))))
+    mails = [e.address for e in events if isinstance(e, MailFrom)]
+    assert mails == ["sender@example.com"]
+    assert body(events) == content
+    assert codes(out)[-2:] == [250, 250]
+    assert not any(isinstance(e, Quit) for e in events)
+
+
 # ------------------------------------------------------------ 5. bounded buffers
 
 MEGABYTE = 1 << 20
