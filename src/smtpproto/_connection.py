@@ -193,6 +193,7 @@ class ServerConnection:
         "_pos",
         "_queued",
         "_rcpt_attempted",
+        "_refusal",
         "_shutdown_requested",
         "_smtputf8",
         "_snapshot",
@@ -303,8 +304,8 @@ class ServerConnection:
         self.reject_unsynchronized = reject_unsynchronized
 
         allowance = 0
-        if max_message_size is not None:
-            allowance += _ALLOWANCE_SIZE
+        # SIZE is always offered (bare when there is no limit).
+        allowance += _ALLOWANCE_SIZE
         if enable_smtputf8:
             allowance += _ALLOWANCE_SMTPUTF8
         if auth_mechanisms:
@@ -328,6 +329,7 @@ class ServerConnection:
         self._queued: list[Event] = []
         self._pending: Event | str | None = _GREETING_PENDING
         self._snapshot: object = None
+        self._refusal: Reply | None = None
         self._hello = False
         self._peer_closed = False
         self._greeted = False
@@ -420,7 +422,11 @@ class ServerConnection:
         if not data:
             self._peer_closed = True
             return
-        if not self._greeted and not self.proxy_protocol:
+        if not self._greeted and (
+            not self.proxy_protocol or isinstance(self._pending, ProxyHeader)
+        ):
+            # Bytes before the greeting: after a PROXY header, only those of a
+            # later read can be told apart from the header's own packet.
             self._early_talker = True
         if type(data) is not bytes:
             data = bytes(data)
@@ -616,11 +622,27 @@ class ServerConnection:
         self._state = ServerState.COMMAND
 
     def timeout(self) -> None:
-        """Queue ``421 4.4.2`` and close: the peer was silent or slow for too long."""
+        """Queue ``421 4.4.2`` and close: the peer was silent or slow for too long.
+
+        Before the greeting (waiting for a PROXY header) there is no SMTP
+        session to answer in, so the engine closes without a reply.
+        """
         if self._state is ServerState.CLOSED:
             return
-        self._out.append(self._wire(replies.TIMEOUT))
+        if self._greeted:
+            self._out.append(self._wire(replies.TIMEOUT))
         self._close()
+
+    def refuse_commands(
+        self, code: int, text: str, *, enhanced: str | None = None
+    ) -> None:
+        """Answer every later command but QUIT with this reply.
+
+        For a session the application will not serve further but keeps open
+        until the client leaves, such as aiosmtpd's ``handle_STARTTLS`` hook
+        returning False (``554 Command refused due to lack of security``).
+        """
+        self._refusal = Reply(code, enhanced, (text,))
 
     def shutdown(self) -> bool:
         """Start a graceful stop of this session.
@@ -632,6 +654,10 @@ class ServerConnection:
         :return: True if the session closed at once.
         """
         if self._state is ServerState.CLOSED:
+            return True
+        if not self._greeted and self._state is ServerState.GREETING:
+            # No greeting yet (a PROXY header is awaited): no session to answer.
+            self._close()
             return True
         in_message = self._state in (ServerState.DATA, ServerState.BDAT) or (
             self._bdat_active
@@ -802,9 +828,9 @@ class ServerConnection:
         elif isinstance(pending, Quit):
             self._close()
             return
-        elif isinstance(pending, UnknownCommand) and 500 <= code <= 504:
-            self._count_error()
 
+        if 500 <= code <= 504:
+            self._count_error()
         if code == 421:
             self._close()
         elif (
@@ -915,7 +941,9 @@ class ServerConnection:
             self._discarding_line = False
             return False
 
-        if end < 0 or end - pos + 2 > limit:
+        # The limit counts the line ending: CRLF, or the LF alone when bare line
+        # endings are accepted.
+        if end < 0 or end - pos + (2 if strict else 1) > limit:
             if end < 0 and len(buffer) - pos <= limit:
                 return None
             # RFC 5321, section 4.5.3.1.4: the line is too long. Answer now and
@@ -962,7 +990,10 @@ class ServerConnection:
                 return None
 
         verb, _, argument = line.partition(" ")
-        verb = verb.upper()
+        # Only ASCII verbs are folded: str.upper() maps some non-ASCII letters
+        # to ASCII ones ("\u0131" to "I"), which would turn "MA\u0131L" into MAIL.
+        if verb.isascii():
+            verb = verb.upper()
         argument = argument.strip(" ")
         handler = self._commands.get(verb)
         if handler is None:
@@ -973,6 +1004,9 @@ class ServerConnection:
                 self._out.append(self._wire(replies.HTTP_FORBIDDEN))
                 self._close()
                 return None
+        if self._refusal is not None and verb != "QUIT":
+            self._queue(self._refusal)
+            return None
         if (self.require_starttls or self.auth_required) and self._gate_refuses(verb):
             return None
         if handler is None:
@@ -1027,21 +1061,25 @@ class ServerConnection:
         if hostname is None:
             return None
         self._snapshot = self.session.host_name
-        return Helo(hostname=hostname)
+        return self._end_bdat_before(Helo(hostname=hostname))
 
     def _command_ehlo(self, argument: str | None) -> Event | None:
         hostname = self._hello_argument(argument, replies.EHLO_SYNTAX)
         if hostname is None:
             return None
         self._snapshot = self.session.host_name
-        return Ehlo(hostname=hostname, extensions=self._extensions())
+        return self._end_bdat_before(
+            Ehlo(hostname=hostname, extensions=self._extensions())
+        )
 
     def _command_lhlo(self, argument: str | None) -> Event | None:
         hostname = self._hello_argument(argument, replies.LHLO_SYNTAX)
         if hostname is None:
             return None
         self._snapshot = self.session.host_name
-        return Ehlo(hostname=hostname, extensions=self._extensions())
+        return self._end_bdat_before(
+            Ehlo(hostname=hostname, extensions=self._extensions())
+        )
 
     def _command_mail(self, argument: str | None) -> Event | None:
         if not self._hello:
@@ -1082,7 +1120,7 @@ class ServerConnection:
         self._smtputf8 = False
         for keyword, value in params:
             if keyword == "SIZE":
-                if value is None or not value.isdigit() or len(value) > 20:
+                if value is None or not _is_decimal(value) or len(value) > 20:
                     raise CommandError(replies.SIZE_INVALID)
                 # RFC 1870, section 6: refuse a declared size over the limit now.
                 limit = self.max_message_size
@@ -1185,7 +1223,7 @@ class ServerConnection:
         words = (argument or "").split()
         valid = (
             1 <= len(words) <= 2
-            and words[0].isdigit()
+            and _is_decimal(words[0])
             and len(words[0]) <= 18
             and (len(words) == 1 or words[1].upper() == "LAST")
         )
@@ -1223,14 +1261,22 @@ class ServerConnection:
         if argument is not None:
             self._queue(replies.RSET_SYNTAX)
             return None
-        had_message = self._bdat_active
+        event = self._end_bdat_before(_RSET)
         self._reset_transaction()
-        if had_message:
-            # The application may hold BDAT chunks of this transaction: tell it
-            # to drop them before it answers the RSET.
-            self._queued.append(_RSET)
-            return DataRejected(code=250, enhanced="2.0.0", text="transaction reset")
-        return _RSET
+        return event
+
+    def _end_bdat_before(self, event: Event) -> Event:
+        """Drop an open BDAT transaction before a command that ends it.
+
+        The application learns of it first, from a DataRejected event, so that
+        it drops the chunks it holds (RFC 3030, section 2: the transaction is
+        reset like after RSET).
+        """
+        if not self._bdat_active:
+            return event
+        self._reset_transaction()
+        self._queued.append(event)
+        return DataRejected(code=250, enhanced="2.0.0", text="transaction reset")
 
     def _command_noop(self, argument: str | None) -> Event | None:
         return Noop(argument=argument)
@@ -1263,7 +1309,7 @@ class ServerConnection:
         elif not self.tls_available:
             self._out.append(self._wire(replies.STARTTLS_UNAVAILABLE))
         else:
-            return _STARTTLS
+            return self._end_bdat_before(_STARTTLS)
         return None
 
     # ------------------------------------------------------------------ AUTH
@@ -1576,7 +1622,9 @@ class ServerConnection:
         return self._reject_message(error)
 
     def _reject_message(self, error: Reply) -> Event:
-        self._out.append(self._wire(error))
+        wire = self._wire(error)
+        # LMTP (RFC 2033, section 4.2): one reply per accepted recipient.
+        self._out.extend([wire] * (len(self._accepted) if self.lmtp else 1))
         event = DataRejected(code=error.code, enhanced=error.enhanced, text=error.text)
         self._reset_transaction()
         if self._shutdown_requested:
@@ -1671,6 +1719,12 @@ def _has_bare_line_ending(raw: bytes) -> bool:
     if count <= len(_CRLF_RUN):
         return not _CRLF_RUN.startswith(endings)
     return endings.count(b"\r\n") * 2 != count
+
+
+def _is_decimal(text: str) -> bool:
+    # str.isdigit() alone accepts digits of other scripts and superscripts,
+    # which int() then rejects or reads as numbers no client would send.
+    return text.isascii() and text.isdigit()
 
 
 def _decode_base64(text: str) -> bytes | None:

@@ -140,9 +140,13 @@ class DataComplete(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DataRejected(Event):
-    """The engine rejected the message at its end and has queued the reply.
+    """The message in progress was dropped (a notification).
 
-    A notification: discard the collected DataChunk data. The transaction is over.
+    Either the engine rejected it at its end and has queued the reply ``code``
+    (one per accepted recipient in LMTP), or a command that resets the
+    transaction (RSET, HELO, EHLO, LHLO, STARTTLS) arrived during a BDAT
+    transaction: then ``code`` is 250 and the command's own event follows.
+    Either way, discard the collected DataChunk data; the transaction is over.
     """
 
     code: int
@@ -196,6 +200,8 @@ class AuthCredentials(Event):
 
     For CRAM-MD5, ``password`` is the client's hex digest and ``challenge`` the
     challenge it was computed over; check it with :meth:`verify_cram_md5`.
+    :meth:`ServerConnection.accept` accepts the credentials (235): call it only
+    after checking them, and answer ``send_reply(535)`` otherwise.
     """
 
     mechanism: str
@@ -207,8 +213,10 @@ class AuthCredentials(Event):
     def verify_cram_md5(self, secret: str | bytes) -> bool:
         """Return whether a CRAM-MD5 response matches ``secret`` (RFC 2195)."""
         key = secret.encode() if isinstance(secret, str) else secret
-        expected = hmac.new(key, self.challenge, hashlib.md5).hexdigest()
-        return hmac.compare_digest(expected, self.password.lower())
+        expected = hmac.new(key, self.challenge, hashlib.md5).hexdigest().encode()
+        # Compare bytes: compare_digest refuses str with non-ASCII characters.
+        given = self.password.lower().encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(expected, given)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
