@@ -317,6 +317,24 @@ def test_trio_starttls(smtp_server: SMTPTestServer) -> None:
     assert smtp_server.messages[0].tls
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_fixture_in_async_test(smtp_server: SMTPTestServer) -> None:
+    import aiosmtplib
+
+    await aiosmtplib.send(
+        MESSAGE,
+        sender="ann@example.com",
+        recipients=["bob@example.org"],
+        hostname=smtp_server.host,
+        port=smtp_server.port,
+        start_tls=False,
+        timeout=10,
+    )
+    [received] = smtp_server.messages
+    assert received.message["Subject"] == "Plugin test"
+
+
 # ---------------------------------------------------------------- the factory
 
 
