@@ -752,11 +752,19 @@ class ServerConnection:
         return _DEFAULT_REPLIES[type(pending)]
 
     def _help_reply(self, argument: str | None) -> Reply:
-        verbs = sorted(v for v in self._commands if v != "EXPN")
+        # List only what this session can use: STARTTLS while it is offered,
+        # AUTH when mechanisms exist; EXPN is never implemented.
+        unusable = {"EXPN"}
+        if not self.tls_available or self._tls_active:
+            unusable.add("STARTTLS")
+        if not self.auth_mechanisms:
+            unusable.add("AUTH")
+        verbs = sorted(v for v in self._commands if v not in unusable)
         if argument is None:
             return Reply(214, "2.0.0", ("Supported commands: " + " ".join(verbs),))
-        syntax = _HELP_SYNTAX.get(argument.upper())
-        if syntax is None or argument.upper() not in self._commands:
+        topic = argument.upper()
+        syntax = _HELP_SYNTAX.get(topic)
+        if syntax is None or topic not in verbs:
             return replies.HELP_UNKNOWN_TOPIC
         return Reply(214, "2.0.0", ("Syntax: " + syntax,))
 

@@ -671,21 +671,11 @@ def help_text(port: int, recorder: Recorder) -> str:
     return text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: HELP lists STARTTLS although STARTTLS gets 454 because "
-    "no TLS context is set (aiosmtpd 1.4.6 omits it)",
-)
 def test_help_omits_starttls_without_tls(servers: Servers) -> None:
     ours = help_text(servers.ours_port, servers.ours_recorder)
     assert "STARTTLS" not in ours, ours
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: HELP lists AUTH although AUTH gets 502 because no "
-    "mechanism is offered (aiosmtpd 1.4.6 lists it too)",
-)
 def test_help_omits_auth_without_mechanisms(servers: Servers) -> None:
     ours = help_text(servers.ours_port, servers.ours_recorder)
     assert " AUTH " not in f" {ours} ", ours
