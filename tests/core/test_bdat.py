@@ -390,10 +390,6 @@ def test_bdat_huge_size_gets_552_at_end() -> None:
     assert any(isinstance(e, DataRejected) for e in events)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: EHLO/HELO/STARTTLS end a BDAT transaction without DataRejected",
-)
 @pytest.mark.parametrize(
     "line",
     [

@@ -56,10 +56,6 @@ def test_command_line_limit_not_growing_per_ehlo() -> None:
     assert out == LINE_TOO_LONG
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: bare SIZE (max_message_size=None) drops the 26-octet allowance",
-)
 def test_command_line_allowance_unlimited_size() -> None:
     # RFC 1870, section 3: SIZE lengthens the MAIL command line by 26 octets,
     # and SIZE is advertised (without a value) when the size is unlimited.
@@ -237,10 +233,6 @@ def test_max_errors_ignores_other_codes(setup: bytes, line: bytes) -> None:
     assert not conn.closed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: 500-504 replies to events other than UnknownCommand not counted",
-)
 @pytest.mark.parametrize(
     ("line", "reply"),
     [

@@ -200,10 +200,6 @@ def test_proxy_off_header_is_command() -> None:
     assert not isinstance(event, ProxyHeader)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: early talker after a PROXY header is not detected",
-)
 def test_proxy_early_talker_rejected() -> None:
     # reject_unsynchronized: a client that talks before the greeting gets
     # 554 5.5.0. Behind a proxy that is a command arriving after the header
