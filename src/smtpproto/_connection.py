@@ -725,6 +725,10 @@ class ServerConnection:
             allowed = code == 354 or code >= 400
         elif isinstance(pending, StartTLS):
             allowed = code == 220 or code >= 400
+        elif isinstance(pending, UnknownCommand):
+            # Extension commands define their own codes (Postfix's XCLIENT
+            # answers 220, for example).
+            allowed = 200 <= code < 300 or code >= 400
         else:
             allowed = 200 <= code < 300 and code != 220 or code >= 400
         if not allowed:
@@ -777,7 +781,12 @@ class ServerConnection:
 
         if pending is _GREETING_PENDING or isinstance(pending, ProxyHeader):
             self._greeted = True
-            if code == 220:
+            if code == 554:
+                # RFC 5321, section 3.1: after a 554 greeting the server waits
+                # for QUIT and answers every other command with 503.
+                self._state = ServerState.COMMAND
+                self._refusal = replies.NO_SERVICE
+            elif code == 220:
                 self._state = ServerState.COMMAND
             else:
                 self._close()

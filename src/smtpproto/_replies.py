@@ -181,6 +181,7 @@ SIZE_TOO_BIG: Final = _reply(
 DSN_INVALID: Final = _reply(501, "5.5.4", "Error: invalid DSN parameter value")
 AUTH_PARAM_INVALID: Final = _reply(501, "5.5.4", "Error: invalid AUTH parameter")
 
+NO_SERVICE: Final = _reply(503, "5.5.1", "Error: no SMTP service here, send QUIT")
 NEED_HELO: Final = _reply(503, "5.5.1", "Error: send HELO first")
 NEED_EHLO: Final = _reply(503, "5.5.1", "Error: send EHLO first")
 NESTED_MAIL: Final = _reply(503, "5.5.1", "Error: nested MAIL command")

@@ -70,12 +70,17 @@ def test_greeting_has_no_enhanced_code() -> None:
     assert conn.data_to_send() == b"220 mx.example.com ESMTP\r\n"
 
 
-def test_greeting_554_closes() -> None:
+def test_greeting_554_waits_for_quit() -> None:
     conn = ServerConnection("mx.example.com")
     conn.send_reply(554, "No service for you")
     assert conn.data_to_send() == b"554 No service for you\r\n"
+    assert not conn.closed
+    events, out = feed(conn, b"EHLO client.example\r\nMAIL FROM:<a@b.example>\r\n")
+    assert events == []
+    assert codes(out) == [503, 503]
+    events, out = feed(conn, b"QUIT\r\n")
+    assert codes(out) == [221]
     assert conn.closed
-    assert isinstance(conn.next_event(), ConnectionClosed)
 
 
 def test_greeting_421_closes() -> None:

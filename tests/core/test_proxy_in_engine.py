@@ -6,7 +6,7 @@ from ipaddress import IPv6Address
 
 import pytest
 
-from helpers import codes, drain, feed_pieces
+from helpers import codes, drain, feed, feed_pieces
 from smtpproto import (
     NEED_DATA,
     PAUSED,
@@ -82,13 +82,14 @@ def test_proxy_custom_greeting() -> None:
     assert conn.data_to_send() == b"220 mx.example.com ready\r\n"
 
 
-def test_proxy_refused_greeting_closes() -> None:
+def test_proxy_refused_greeting_refuses_commands() -> None:
     conn = proxied()
     conn.receive_data(V1)
     conn.next_event()
     conn.send_reply(554, "Your address is blocked")
     assert conn.data_to_send() == b"554 Your address is blocked\r\n"
-    assert conn.closed
+    _, out = feed(conn, b"HELO client.example\r\n")
+    assert codes(out) == [503]
 
 
 def test_proxy_wrong_reply_code() -> None:
