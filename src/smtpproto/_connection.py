@@ -1568,8 +1568,9 @@ class ServerConnection:
         line_start = self._line_start
         self._line_start = raw.endswith(b"\r\n")
 
-        bare = _has_bare_line_ending(raw)
-        if bare and self.bare_line_ending == "reject":
+        policy = self.bare_line_ending
+        bare = policy != "allow" and _has_bare_line_ending(raw)
+        if bare and policy == "reject":
             self._bare_line_ending = True
         if self.max_text_line is not None and not self._line_too_long:
             self._line_too_long = not self._lines_within_limit(raw)
@@ -1581,7 +1582,7 @@ class ServerConnection:
             if line_start and chunk[:1] == b".":
                 chunk = chunk[1:]
             chunk = chunk.replace(b"\r\n.", b"\r\n")
-        if bare and self.bare_line_ending == "normalize":
+        if bare and policy == "normalize":
             chunk = _BARE_LINE_ENDING.sub(b"\r\n", chunk)
 
         self._message_size += len(chunk)
