@@ -176,12 +176,63 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--max-connections",
+        type=_limit,
+        metavar="N",
+        default=1000,
+        help=(
+            "open connections allowed at once; more get 421 and are closed; "
+            "0 means no limit (default: 1000)"
+        ),
+    )
+    parser.add_argument(
+        "--max-connections-per-ip",
+        type=_limit,
+        metavar="N",
+        default=50,
+        help=(
+            "open connections allowed at once from one client address; 0 means "
+            "no limit (default: 50)"
+        ),
+    )
+    parser.add_argument(
+        "--greeting-delay",
+        type=float,
+        metavar="SECONDS",
+        default=0.0,
+        help=(
+            "wait this long before the greeting; with --reject-unsynchronized a "
+            "client that talks first is disconnected (default: 0)"
+        ),
+    )
+    parser.add_argument(
+        "--reject-unsynchronized",
+        action="store_true",
+        help=(
+            "answer 554 and disconnect a client that sends before the greeting "
+            "or pipelines without PIPELINING"
+        ),
+    )
+    parser.add_argument(
         "classargs",
         metavar="CLASSARGS",
         nargs="*",
         help="arguments for the handler class's from_cli()",
     )
     return parser
+
+
+def _limit(text: str) -> int | None:
+    """Parse a connection limit: a whole number, 0 for no limit."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid number {text!r}: expected a whole number"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value or None
 
 
 def parse_address(text: str, default_host: str, default_port: int) -> tuple[str, int]:
@@ -397,6 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.size < 0:
         raise UsageError(f"--size must be 0 or more, not {args.size}")
+    if not 0 <= args.greeting_delay <= 3600:
+        raise UsageError(
+            f"--greeting-delay must be from 0 to 3600 seconds, not {args.greeting_delay}"
+        )
     if args.uvloop and args.backend != "asyncio":
         raise UsageError("--uvloop works only with --backend asyncio")
     backend_options: dict[str, Any] = {}
@@ -447,6 +502,10 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         require_starttls=tls_context is not None and args.requiretls,
         authenticator=authenticator,
         lmtp=args.lmtp,
+        max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip,
+        greeting_delay=args.greeting_delay,
+        reject_unsynchronized=args.reject_unsynchronized,
     )
     options = ServeOptions(
         host=host,

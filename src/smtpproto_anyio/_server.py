@@ -11,6 +11,7 @@ import logging
 import math
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -89,12 +90,20 @@ Authenticator = Callable[
     ["SMTPServer", Session, Envelope, str, Any], "AuthResult | Awaitable[AuthResult]"
 ]
 
-# Sent when a hook fails, so that no Python exception text reaches the client.
+# Sent when even the configured error_reply does not fit the pending command.
 INTERNAL_ERROR: Final = Reply(451, "4.3.0", ("Error: internal server error",))
 # aiosmtpd's reply to every command but QUIT once handle_STARTTLS returned False.
-# NOTE: commands that the engine replies to itself (syntax and sequence errors, such
-# as MAIL before EHLO) still get the engine's reply, not this one.
-REFUSED_INSECURE: Final = Reply(554, None, ("Command refused due to lack of security",))
+REFUSED_INSECURE_TEXT: Final = "Command refused due to lack of security"
+
+# Replies to a connection over max_connections or max_connections_per_ip.
+TOO_MANY_CONNECTIONS: Final = b"421 4.7.0 Too many connections, try again later\r\n"
+TOO_MANY_FROM_ADDRESS: Final = (
+    b"421 4.7.0 Too many connections from your address, try again later\r\n"
+)
+# Seconds allowed for sending that 421 line before the socket closes anyway.
+REJECTION_SEND_TIMEOUT: Final = 1.0
+# Seconds between two log lines about rejected connections, per reason.
+REJECTION_LOG_INTERVAL: Final = 1.0
 
 READ_SIZE: Final = 65536
 # After the engine closes a session, unread client bytes would make the kernel
@@ -155,6 +164,21 @@ class SMTPServer:
         ``354`` reply (or the first BDAT) to its end; ``None`` for no limit
     :param shutdown_grace: seconds :meth:`shutdown` waits for messages in
         progress before it cancels their connections
+    :param max_connections: open connections allowed at once; a connection over
+        the limit gets ``421 4.7.0`` and is closed before any session starts;
+        ``None`` for no limit
+    :param max_connections_per_ip: open connections allowed at once from one
+        client address (the socket peer, also behind a PROXY header); over the
+        limit, ``421 4.7.0`` and close; ``None`` for no limit
+    :param greeting_delay: seconds to wait before the greeting. Bytes that
+        arrive in that time reach the engine before the greeting, so with
+        ``reject_unsynchronized`` such an early talker gets ``554 5.5.0`` and
+        is disconnected. The greeting goes out as soon as the first bytes arrive
+    :param error_reply: the status string sent when a hook raises or returns
+        an invalid result (a 4xx or 5xx reply)
+    :param asyncio_protocol: on asyncio, serve connections with callbacks of an
+        :class:`asyncio.Protocol` instead of a task per connection (faster, and
+        leaner when idle); ``False`` uses the anyio stream path as on trio
 
     The remaining keyword arguments go to :class:`smtpproto.ServerConnection`
     unchanged; they have the engine's defaults.
@@ -210,6 +234,11 @@ class SMTPServer:
         tls_handshake_timeout: float = 30,
         data_timeout: float | None = 600,
         shutdown_grace: float = 30,
+        max_connections: int | None = 1000,
+        max_connections_per_ip: int | None = 50,
+        greeting_delay: float = 0,
+        error_reply: str = "451 4.3.0 Error: internal server error",
+        asyncio_protocol: bool = True,
         bare_line_ending: str = "reject",
         max_recipients: int | None = 1000,
         max_errors: int | None = 10,
@@ -234,9 +263,21 @@ class SMTPServer:
             ("data_timeout", data_timeout),
             ("tls_handshake_timeout", tls_handshake_timeout),
             ("shutdown_grace", shutdown_grace),
+            ("greeting_delay", greeting_delay),
         ):
             if value is not None and value < 0:
                 raise ValueError(f"{name} must not be negative, not {value!r}")
+        for name, limit in (
+            ("max_connections", max_connections),
+            ("max_connections_per_ip", max_connections_per_ip),
+        ):
+            if limit is not None and limit < 1:
+                raise ValueError(f"{name} must be at least 1 or None, not {limit!r}")
+        parsed_error_reply = parse_status(error_reply)
+        if not 400 <= parsed_error_reply.code < 600:
+            raise ValueError(
+                f"error_reply must be a 4xx or 5xx status, not {error_reply!r}"
+            )
 
         self.handler = handler
         self.hostname = hostname if hostname is not None else socket.getfqdn()
@@ -255,9 +296,17 @@ class SMTPServer:
         self.tls_handshake_timeout = tls_handshake_timeout
         self.data_timeout = data_timeout
         self.shutdown_grace = shutdown_grace
+        self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
+        self.greeting_delay = greeting_delay
+        self.error_reply = parsed_error_reply
+        self.asyncio_protocol = asyncio_protocol
 
         self._hooks = HookTable(handler, self)
         self._streaming = self._hooks.get("DATA_CHUNK") is not None
+        # Without handle_DATA nobody reads envelope.content, so the body is dropped
+        # as it arrives instead of being joined in memory.
+        self._collect_body = not self._streaming and self._hooks.get("DATA") is not None
         excluded = {name.upper() for name in auth_exclude_mechanism or ()}
         mechanisms: list[str] = []
         if authenticator is not None or self._hooks.get("AUTH") is not None:
@@ -292,6 +341,10 @@ class SMTPServer:
         }
         # Build one engine now so that invalid options fail here, not per client.
         self._new_engine(implicit_tls=False)
+
+        self._open_connections = 0
+        self._connections_per_ip: dict[str, int] = {}
+        self._rejection_log = _RejectionLog()
 
         self._task_group: TaskGroup | None = None
         self._listeners: list[SocketListener] = []
@@ -452,16 +505,57 @@ class SMTPServer:
     async def _serve_connection(
         self, stream: SocketStream, ssl_context: ssl.SSLContext | None
     ) -> None:
-        handler = _ConnectionHandler(self, stream, ssl_context)
-        self._connections.add(handler)
-        if self._shutting_down:  # accepted just before the listener closed
-            handler.request_shutdown()
+        peer = stream.extra(SocketAttribute.remote_address, None)
+        rejection = self._admit(peer)
+        if rejection is not None:
+            await _reject_stream(stream, rejection)
+            return
         try:
-            await handler.run()
+            handler = _ConnectionHandler(self, stream, ssl_context)
+            self._connections.add(handler)
+            if self._shutting_down:  # accepted just before the listener closed
+                handler.request_shutdown()
+            try:
+                await handler.run()
+            finally:
+                self._connections.discard(handler)
+                self._connection_closed()
         finally:
-            self._connections.discard(handler)
-            if self._connections_changed is not None:
-                self._connections_changed.set()
+            self._release(peer)
+
+    def _connection_closed(self) -> None:
+        if self._connections_changed is not None:
+            self._connections_changed.set()
+
+    # ------------------------------------------------------------------ limits
+
+    def _admit(self, peer: object) -> bytes | None:
+        """Count a new connection; return the 421 line if it is over a limit."""
+        limit = self.max_connections
+        if limit is not None and self._open_connections >= limit:
+            self._rejection_log.log("max_connections", peer, limit)
+            return TOO_MANY_CONNECTIONS
+        per_ip_limit = self.max_connections_per_ip
+        if per_ip_limit is not None:
+            address = _peer_host(peer)
+            count = self._connections_per_ip.get(address, 0)
+            if count >= per_ip_limit:
+                self._rejection_log.log("max_connections_per_ip", peer, per_ip_limit)
+                return TOO_MANY_FROM_ADDRESS
+            self._connections_per_ip[address] = count + 1
+        self._open_connections += 1
+        return None
+
+    def _release(self, peer: object) -> None:
+        """Uncount a connection that :meth:`_admit` let in."""
+        self._open_connections -= 1
+        if self.max_connections_per_ip is not None:
+            address = _peer_host(peer)
+            count = self._connections_per_ip.get(address, 0) - 1
+            if count > 0:
+                self._connections_per_ip[address] = count
+            else:
+                self._connections_per_ip.pop(address, None)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -526,6 +620,52 @@ async def serve(
     await server.serve_forever(host, port, ssl_context=ssl_context)
 
 
+async def _reject_stream(stream: SocketStream, line: bytes) -> None:
+    """Send a 421 line to a connection over a limit and close it."""
+    with anyio.move_on_after(REJECTION_SEND_TIMEOUT):
+        try:
+            await stream.send(line)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+    await anyio.aclose_forcefully(stream)
+
+
+class _RejectionLog:
+    """INFO lines about rejected connections, at most one a second per reason.
+
+    The line after a quiet period reports how many rejections were not logged, so
+    a flood of connections cannot flood the log.
+    """
+
+    __slots__ = ("last", "suppressed")
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def log(self, reason: str, peer: object, limit: int) -> None:
+        now = time.monotonic()
+        if now - self.last.get(reason, -math.inf) < REJECTION_LOG_INTERVAL:
+            self.suppressed[reason] = self.suppressed.get(reason, 0) + 1
+            return
+        self.last[reason] = now
+        suppressed = self.suppressed.pop(reason, 0)
+        server_logger.info(
+            "connection from %s rejected: %s (%d) reached%s",
+            _format_address(peer),
+            reason,
+            limit,
+            f"; {suppressed} more rejections not logged" if suppressed else "",
+        )
+
+
+def _peer_host(peer: object) -> str:
+    """Return the address part of a socket peer, the key of the per-address limit."""
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)
+
+
 def _format_address(address: object) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         host = str(address[0])
@@ -581,7 +721,6 @@ class _ConnectionHandler:
         self.awaiting_proxy = server.proxy_protocol_timeout is not None
         self.peer_closed = False
         self.timed_out = False
-        self.starttls_refused = False
 
         # The message body being received: its envelope, collected chunks, the
         # failure of a streaming hook and the deadline of the body as a whole.
@@ -631,7 +770,7 @@ class _ConnectionHandler:
         conn.session.peer = self.peer
         conn.session.ssl = self.tls_info
         if not self.awaiting_proxy:
-            self._send_greeting()
+            await self._greet()
 
         dispatch = _DISPATCH
         while True:
@@ -651,9 +790,6 @@ class _ConnectionHandler:
                 return
             if self.trace:
                 self._trace_event(event)
-            if self.starttls_refused and type(event) in _REFUSABLE:
-                await self._send_reply(REFUSED_INSECURE, "handle_STARTTLS")
-                continue
             await dispatch[type(event)](self, event)
             if (
                 self.body_envelope is not None
@@ -661,6 +797,25 @@ class _ConnectionHandler:
             ):
                 # RSET, a new EHLO or STARTTLS ended the transaction mid-body.
                 await self._abort_body()
+
+    async def _greet(self) -> None:
+        """Send the greeting, after ``greeting_delay`` seconds if one is set.
+
+        The first bytes that arrive during the delay go to the engine before
+        the greeting (so it can tell an early talker) and end the delay.
+        """
+        delay = self.server.greeting_delay
+        if delay > 0 and not self.shutdown_requested:
+            data: bytes | None = None
+            with anyio.move_on_after(delay) as scope:
+                self.read_scope = scope
+                try:
+                    data = await self._receive_raw()
+                finally:
+                    self.read_scope = None
+            if data is not None:
+                self.conn.receive_data(data)
+        self._send_greeting()
 
     def _send_greeting(self) -> None:
         self.conn.send_reply(220, f"{self.server.hostname} {self.server.ident}")
@@ -702,20 +857,7 @@ class _ConnectionHandler:
         with anyio.CancelScope(deadline=deadline) as scope:
             self.read_scope = scope
             try:
-                return await self.stream.receive(READ_SIZE)
-            except anyio.EndOfStream:
-                self.peer_closed = True
-                return b""
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as error:
-                server_logger.info(
-                    "connection from %s broke: %s",
-                    self.peer_text,
-                    _describe_error(error),
-                )
-                raise _ConnectionEnded from error
-            except ssl.SSLError as error:
-                tls_logger.info("TLS error from %s: %s", self.peer_text, error)
-                raise _ConnectionEnded from error
+                return await self._receive_raw()
             finally:
                 self.read_scope = None
 
@@ -736,6 +878,24 @@ class _ConnectionHandler:
         self.timed_out = True
         self.conn.timeout()
         return None
+
+    async def _receive_raw(self) -> bytes:
+        """Receive once; ``b""`` when the client closed its side."""
+        try:
+            return await self.stream.receive(READ_SIZE)
+        except anyio.EndOfStream:
+            self.peer_closed = True
+            return b""
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as error:
+            server_logger.info(
+                "connection from %s broke: %s",
+                self.peer_text,
+                _describe_error(error),
+            )
+            raise _ConnectionEnded from error
+        except ssl.SSLError as error:
+            tls_logger.info("TLS error from %s: %s", self.peer_text, error)
+            raise _ConnectionEnded from error
 
     async def _flush(self) -> None:
         data = self.conn.data_to_send()
@@ -859,7 +1019,7 @@ class _ConnectionHandler:
             )
             result = False
         if result is not MISSING and not result:
-            self.starttls_refused = True
+            conn.refuse_commands(554, REFUSED_INSECURE_TEXT)
 
     # ------------------------------------------------------------------ replies
 
@@ -907,7 +1067,7 @@ class _ConnectionHandler:
             else:
                 if reply is not None:
                     return reply
-        return INTERNAL_ERROR
+        return self.server.error_reply
 
     async def _send_reply(self, reply: Reply | None, where: str) -> None:
         """Send ``reply`` for the pending command, or the default reply for ``None``."""
@@ -960,7 +1120,7 @@ class _ConnectionHandler:
         if not accepted:
             server_logger.info("PROXY header from %s rejected", self.peer_text)
             raise _ConnectionEnded
-        self._send_greeting()
+        await self._greet()
 
     async def _on_helo(self, event: Helo) -> None:
         await self._reply_with_hook("HELO", event.hostname)
@@ -1056,7 +1216,8 @@ class _ConnectionHandler:
         if self.body_envelope is None:
             self._begin_body()
         if not self.server._streaming:
-            self.chunks.append(event.data)
+            if self.server._collect_body:
+                self.chunks.append(event.data)
             return
         if self.chunk_error is not None:
             return
@@ -1076,7 +1237,7 @@ class _ConnectionHandler:
         conn = self.conn
         envelope = conn.envelope
         chunk_error = self.chunk_error
-        if not self.server._streaming:
+        if self.server._collect_body:
             content = b"".join(self.chunks)
             envelope.original_content = content
             if self.server.decode_data:
@@ -1109,7 +1270,7 @@ class _ConnectionHandler:
                 elif index < len(replies):
                     reply = replies[index]
                 else:
-                    reply = INTERNAL_ERROR
+                    reply = self.server.error_reply
                 if reply is None or 200 <= reply.code < 300:
                     accepted += 1
                 await self._send_reply(reply, "handle_DATA")
@@ -1344,22 +1505,3 @@ _DISPATCH: Final[
     AuthAborted: _ConnectionHandler._on_notification,
     UnknownCommand: _ConnectionHandler._on_unknown,
 }
-
-# Commands that get 554 once handle_STARTTLS has returned False (QUIT still works).
-_REFUSABLE: Final = frozenset(
-    {
-        Helo,
-        Ehlo,
-        MailFrom,
-        RcptTo,
-        Data,
-        Rset,
-        Noop,
-        Vrfy,
-        Help,
-        StartTLS,
-        AuthCredentials,
-        Auth,
-        UnknownCommand,
-    }
-)
