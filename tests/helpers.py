@@ -8,11 +8,11 @@ from typing import Any
 from smtpproto import (
     NEED_DATA,
     PAUSED,
+    AuthAborted,
     Bdat,
     ConnectionClosed,
     DataChunk,
     DataRejected,
-    AuthAborted,
     Event,
     ServerConnection,
 )
@@ -35,9 +35,7 @@ def new_connection(**options: Any) -> ServerConnection:
     return conn
 
 
-def drain(
-    conn: ServerConnection, respond: Responder = accept_all
-) -> list[Event]:
+def drain(conn: ServerConnection, respond: Responder = accept_all) -> list[Event]:
     """Take events until the engine needs data, answering each with ``respond``."""
     events: list[Event] = []
     while True:
@@ -94,11 +92,11 @@ def merge_chunks(events: list[Event]) -> list[Event]:
 
 def codes(out: bytes) -> list[int]:
     """Return the reply codes of the final line of each reply in ``out``."""
-    result = []
-    for line in out.split(b"\r\n"):
-        if len(line) >= 4 and line[3:4] == b" " or len(line) == 3:
-            result.append(int(line[:3]))
-    return result
+    return [
+        int(line[:3])
+        for line in out.split(b"\r\n")
+        if len(line) >= 4 and line[3:4] == b" " or len(line) == 3
+    ]
 
 
 def body(events: list[Event]) -> bytes:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO
 
 import anyio
+
 from smtpproto import Envelope, Session
 
 __all__ = [

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import anyio.abc
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-import anyio
 from smtpproto import Envelope, Session
 from smtpproto_anyio import Controller, handlers
 from smtpproto_anyio.handlers import (
