@@ -143,22 +143,38 @@ class Client:
             return False
 
 
-def deliver(port: int, message_id: str, *, timeout: float = 10) -> None:
+PROXY_V1_HEADER = b"PROXY TCP4 192.0.2.1 198.51.100.2 40000 25\r\n"
+
+
+class ProxySMTP(smtplib.SMTP):
+    """smtplib's client that sends a PROXY protocol v1 header after connecting."""
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        sock.sendall(PROXY_V1_HEADER)
+        return sock
+
+
+def deliver(
+    port: int, message_id: str, *, timeout: float = 10, proxy: bool = False
+) -> None:
     """Send one small message with smtplib; raise on any failure."""
     message = (
         f"From: alice@example.net\r\nTo: bob@example.com\r\n"
         f"Message-ID: <{message_id}@example.net>\r\nSubject: check\r\n\r\n"
         f"hello from {message_id}\r\n"
     ).encode()
-    with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as smtp:
+    client_class = ProxySMTP if proxy else smtplib.SMTP
+    with client_class("127.0.0.1", port, timeout=timeout) as smtp:
         smtp.sendmail("alice@example.net", ["bob@example.com"], message)
 
 
 class Deliverer:
     """Deliver messages with smtplib in a thread until stopped; count the results."""
 
-    def __init__(self, port: int, pause: float = 0.05) -> None:
+    def __init__(self, port: int, pause: float = 0.05, *, proxy: bool = False) -> None:
         self.port = port
+        self.proxy = proxy
         self.pause = pause
         self.delivered = 0
         self.errors: list[str] = []
@@ -170,7 +186,7 @@ class Deliverer:
         while not self._stop.is_set():
             number += 1
             try:
-                deliver(self.port, f"bystander-{number}")
+                deliver(self.port, f"bystander-{number}", proxy=self.proxy)
                 self.delivered += 1
             except (OSError, smtplib.SMTPException) as error:
                 self.errors.append(repr(error))
@@ -313,3 +329,38 @@ class TLSFiles:
     cert: Path
     key: Path
     ca: Path
+
+
+# Socket states in /proc/net/tcp (include/net/tcp_states.h in Linux).
+TCP_STATES = {
+    "01": "ESTABLISHED",
+    "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2",
+    "06": "TIME_WAIT",
+    "07": "CLOSE",
+    "08": "CLOSE_WAIT",
+    "09": "LAST_ACK",
+    "0A": "LISTEN",
+    "0B": "CLOSING",
+}
+
+
+def tcp_state(sock: socket.socket, *, peer: bool = False) -> str | None:
+    """Return the kernel's TCP state of a loopback IPv4 connection, without I/O.
+
+    With ``peer=True`` it is the state of the other end, such as the server's
+    socket. A server that has closed a connection whose client reads nothing
+    leaves its end in ``FIN_WAIT1``: the FIN waits behind unsent replies, so the
+    client's own end still shows ``ESTABLISHED``.
+    """
+    local_port = sock.getsockname()[1]
+    remote_port = sock.getpeername()[1]
+    if peer:
+        local_port, remote_port = remote_port, local_port
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local = int(fields[1].split(":")[1], 16)
+        remote = int(fields[2].split(":")[1], 16)
+        if local == local_port and remote == remote_port:
+            return TCP_STATES.get(fields[3], fields[3])
+    return None
