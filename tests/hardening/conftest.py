@@ -49,7 +49,7 @@ def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     ) -> ServerProcess:
         log_path = tmp_path / f"server-{len(started)}.log"
         if argv is None:
-            server = ServerProcess.from_config(config or {}, log_path)
+            server = ServerProcess.from_config(config or {}, log_path, nofile=nofile)
         else:
             server = ServerProcess(argv, log_path, nofile=nofile)
         started.append(server)

@@ -280,10 +280,12 @@ class ServerProcess:
         self.port = self._wait_for_port()
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], log_path: Path) -> ServerProcess:
+    def from_config(
+        cls, config: dict[str, Any], log_path: Path, *, nofile: int | None = None
+    ) -> ServerProcess:
         """Start ``server_main.py`` with ``config``; see that script."""
         argv = [sys.executable, str(SERVER_SCRIPT), json.dumps(config)]
-        return cls(argv, log_path)
+        return cls(argv, log_path, nofile=nofile)
 
     def _wait_for_port(self, timeout: float = 20) -> int:
         deadline = time.monotonic() + timeout
