@@ -7,6 +7,7 @@ engine events into handler hook calls.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import socket
@@ -18,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final
 
 import anyio
+import sniffio
 from anyio.abc import (
     ByteStream,
     SocketAttribute,
@@ -106,6 +108,8 @@ REJECTION_SEND_TIMEOUT: Final = 1.0
 REJECTION_LOG_INTERVAL: Final = 1.0
 
 READ_SIZE: Final = 65536
+# Listen backlog of the asyncio path; the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG: Final = 4096
 # After the engine closes a session, unread client bytes would make the kernel
 # send a TCP reset, which can destroy the last reply before the client has
 # read it. Reading for a short while before closing lets that reply arrive.
@@ -348,6 +352,8 @@ class SMTPServer:
 
         self._task_group: TaskGroup | None = None
         self._listeners: list[SocketListener] = []
+        self._asyncio_servers: list[asyncio.AbstractServer] = []
+        self._sockets: list[socket.socket] = []
         self._accept_scopes: list[anyio.CancelScope] = []
         self._connections: set[_ConnectionHandler] = set()
         self._connections_changed: anyio.Event | None = None
@@ -370,9 +376,7 @@ class SMTPServer:
     @property
     def sockets(self) -> list[socket.socket]:
         """The listening sockets, empty when the server is not serving."""
-        return [
-            listener.extra(SocketAttribute.raw_socket) for listener in self._listeners
-        ]
+        return list(self._sockets)
 
     @property
     def port(self) -> int:
@@ -380,9 +384,9 @@ class SMTPServer:
 
         :raises RuntimeError: if the server is not serving
         """
-        if not self._listeners:
+        if not self._sockets:
             raise RuntimeError("the server is not listening; use serving() first")
-        return int(self._listeners[0].extra(SocketAttribute.local_port))
+        return int(self._sockets[0].getsockname()[1])
 
     @asynccontextmanager
     async def serving(
@@ -391,6 +395,7 @@ class SMTPServer:
         port: int = 8025,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> AsyncIterator[SMTPServer]:
         """Listen on ``host``:``port`` while the ``async with`` block runs.
 
@@ -400,20 +405,22 @@ class SMTPServer:
         :param port: TCP port; 0 lets the system choose (read it from :attr:`port`)
         :param ssl_context: server-side context for implicit TLS (SMTPS): the
             handshake runs before the greeting
+        :param reuse_port: set ``SO_REUSEPORT`` so that several processes can
+            listen on the same port and the kernel spreads connections among them
         :raises OSError: if the address cannot be bound
         """
         if self._task_group is not None:
             raise RuntimeError("this server is already serving; create another one")
         # Bind before the task group starts, so that a bind error comes out as
         # itself and not inside an exception group.
-        multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        start = await self._bind(host, port, ssl_context, reuse_port)
         self._shutting_down = False
         self._shutdown_done = None
         body_error: Exception | None = None
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
-                self._start_accepting(multi, ssl_context)
+                await start()
                 try:
                     yield self
                 except Exception as error:  # noqa: BLE001 - re-raised below
@@ -425,6 +432,8 @@ class SMTPServer:
         finally:
             self._task_group = None
             self._listeners.clear()
+            self._asyncio_servers.clear()
+            self._sockets.clear()
             self._accept_scopes.clear()
         if body_error is not None:
             raise body_error
@@ -447,8 +456,62 @@ class SMTPServer:
         """
         if self._task_group is None or self._shutting_down:
             raise RuntimeError("add_listener() works only while serving() runs")
-        multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
-        return self._start_accepting(multi, ssl_context)
+        start = await self._bind(host, port, ssl_context, False)
+        return await start()
+
+    async def _bind(
+        self,
+        host: str | None,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        reuse_port: bool,
+    ) -> Callable[[], Awaitable[list[socket.socket]]]:
+        """Bind the listening sockets; return the function that starts accepting.
+
+        On asyncio (unless ``asyncio_protocol`` is off) connections are served
+        by :class:`asyncio.Protocol` callbacks, elsewhere by a task each.
+        """
+        if self.asyncio_protocol and sniffio.current_async_library() == "asyncio":
+            from ._protocol import ProtocolConnection
+
+            loop = asyncio.get_running_loop()
+            aio_server = await loop.create_server(
+                lambda: ProtocolConnection(self, ssl_context),
+                host,
+                port,
+                backlog=LISTEN_BACKLOG,
+                reuse_port=reuse_port or None,
+                start_serving=False,
+            )
+
+            async def start_protocol() -> list[socket.socket]:
+                self._asyncio_servers.append(aio_server)
+                sockets = list(aio_server.sockets)
+                await aio_server.start_serving()
+                return self._started(sockets, ssl_context)
+
+            return start_protocol
+
+        multi = await anyio.create_tcp_listener(
+            local_host=host, local_port=port, reuse_port=reuse_port
+        )
+
+        async def start_streams() -> list[socket.socket]:
+            return self._start_accepting(multi, ssl_context)
+
+        return start_streams
+
+    def _started(
+        self, sockets: list[socket.socket], ssl_context: ssl.SSLContext | None
+    ) -> list[socket.socket]:
+        self._sockets.extend(sockets)
+        for sock in sockets:
+            server_logger.info(
+                "listening on %s%s",
+                _format_address(sock.getsockname()),
+                " (implicit TLS)" if ssl_context is not None else "",
+            )
+        return sockets
 
     def _start_accepting(
         self,
@@ -462,13 +525,7 @@ class SMTPServer:
             self._listeners.append(listener)
             sockets.append(listener.extra(SocketAttribute.raw_socket))
             self._task_group.start_soon(self._accept_loop, listener, ssl_context)
-        for sock in sockets:
-            server_logger.info(
-                "listening on %s%s",
-                _format_address(sock.getsockname()),
-                " (implicit TLS)" if ssl_context is not None else "",
-            )
-        return sockets
+        return self._started(sockets, ssl_context)
 
     async def serve_forever(
         self,
@@ -577,6 +634,8 @@ class SMTPServer:
         try:
             for scope in self._accept_scopes:
                 scope.cancel()
+            for aio_server in self._asyncio_servers:
+                aio_server.close()
             for listener in self._listeners:
                 await listener.aclose()
             if self._connections:
@@ -695,7 +754,37 @@ def _tls_info(stream: TLSStream) -> dict[str, Any]:
 
 
 class _ConnectionHandler:
-    """One client connection: the read, feed, dispatch and send loop."""
+    """One client connection over an anyio stream: the read, feed, dispatch and send loop.
+
+    The event handlers (``_on_*``) are shared with the asyncio protocol path,
+    which overrides the I/O methods (``_flush``, ``_receive_more``, ``_greet``,
+    ``_start_tls``, ``_call``).
+    """
+
+    __slots__ = (
+        "awaiting_proxy",
+        "body_deadline",
+        "body_envelope",
+        "body_session",
+        "chunk_error",
+        "chunks",
+        "conn",
+        "hooks",
+        "implicit_tls",
+        "peer",
+        "peer_closed",
+        "peer_text",
+        "raw_stream",
+        "read_scope",
+        "scope",
+        "server",
+        "shutdown_requested",
+        "shutdown_sent",
+        "stream",
+        "timed_out",
+        "tls_info",
+        "trace",
+    )
 
     def __init__(
         self,
@@ -703,19 +792,18 @@ class _ConnectionHandler:
         stream: SocketStream,
         implicit_tls: ssl.SSLContext | None,
     ) -> None:
-        self.server = server
-        self.hooks = server._hooks
+        self._setup(server, implicit_tls)
         self.raw_stream = stream
         self.stream: ByteStream = stream
-        self.implicit_tls = implicit_tls
-        self.conn = server._new_engine(implicit_tls=implicit_tls is not None)
-        self.peer: Any = stream.extra(SocketAttribute.remote_address, None)
-        self.peer_text = _format_address(self.peer)
-        self.trace = wire_logger.isEnabledFor(logging.DEBUG)
-        self.tls_info: dict[str, Any] | None = None
-
         self.scope = anyio.CancelScope()
         self.read_scope: anyio.CancelScope | None = None
+        self._connect(stream.extra(SocketAttribute.remote_address, None))
+
+    def _setup(self, server: SMTPServer, implicit_tls: ssl.SSLContext | None) -> None:
+        self.server = server
+        self.hooks = server._hooks
+        self.implicit_tls = implicit_tls
+        self.tls_info: dict[str, Any] | None = None
         self.shutdown_requested = False
         self.shutdown_sent = False
         self.awaiting_proxy = server.proxy_protocol_timeout is not None
@@ -729,6 +817,13 @@ class _ConnectionHandler:
         self.chunks: list[bytes] = []
         self.chunk_error: Exception | None = None
         self.body_deadline: float | None = None
+
+    def _connect(self, peer: Any) -> None:
+        """Create the engine for a connection from ``peer``."""
+        self.conn = self.server._new_engine(implicit_tls=self.implicit_tls is not None)
+        self.peer = peer
+        self.peer_text = _format_address(peer)
+        self.trace = wire_logger.isEnabledFor(logging.DEBUG)
 
     def request_shutdown(self) -> None:
         if self.shutdown_requested:
@@ -772,7 +867,6 @@ class _ConnectionHandler:
         if not self.awaiting_proxy:
             await self._greet()
 
-        dispatch = _DISPATCH
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
@@ -790,13 +884,7 @@ class _ConnectionHandler:
                 return
             if self.trace:
                 self._trace_event(event)
-            await dispatch[type(event)](self, event)
-            if (
-                self.body_envelope is not None
-                and conn.envelope is not self.body_envelope
-            ):
-                # RSET, a new EHLO or STARTTLS ended the transaction mid-body.
-                await self._abort_body()
+            await _handle_event(self, event)
 
     async def _greet(self) -> None:
         """Send the greeting, after ``greeting_delay`` seconds if one is set.
@@ -1012,7 +1100,7 @@ class _ConnectionHandler:
         if hook is None:
             return
         try:
-            result = await call_maybe_async(hook, self.server, session, conn.envelope)
+            result = await self._call(hook, self.server, session, conn.envelope)
         except Exception:
             server_logger.exception(
                 "handle_STARTTLS failed on the connection from %s", self.peer_text
@@ -1035,10 +1123,14 @@ class _ConnectionHandler:
         except _HOOK_FAILURES as error:
             return await self._hook_failed("handle_" + name, error)
 
+    async def _call(self, func: Callable[..., Any], *args: object) -> Any:
+        """Call a hook and await its result if it is awaitable."""
+        return await call_maybe_async(func, *args)
+
     async def _invoke(self, func: Callable[..., Any], *args: object) -> Any:
         """Call a hook; any exception it raises comes out as :class:`_HookFailed`."""
         try:
-            return await call_maybe_async(func, *args)
+            return await self._call(func, *args)
         except (AuthExchangeAborted, _ConnectionEnded):
             raise
         except Exception as error:
@@ -1057,7 +1149,7 @@ class _ConnectionHandler:
         handle_exception = self.hooks.get("exception")
         if handle_exception is not None:
             try:
-                status = await call_maybe_async(handle_exception, error)
+                status = await self._call(handle_exception, error)
                 reply = reply_from_status(status, "handle_exception")
             except Exception:
                 server_logger.exception(
@@ -1328,7 +1420,7 @@ class _ConnectionHandler:
         if hook is None or envelope is None:
             return
         try:
-            await call_maybe_async(hook, self.server, session, envelope)
+            await self._call(hook, self.server, session, envelope)
         except Exception:
             server_logger.exception(
                 "handle_DATA_ABORT failed on the connection from %s", self.peer_text
@@ -1505,3 +1597,12 @@ _DISPATCH: Final[
     AuthAborted: _ConnectionHandler._on_notification,
     UnknownCommand: _ConnectionHandler._on_unknown,
 }
+
+
+async def _handle_event(handler: _ConnectionHandler, event: Event) -> None:
+    """Run the handler method for ``event``; both connection paths use it."""
+    await _DISPATCH[type(event)](handler, event)
+    body_envelope = handler.body_envelope
+    if body_envelope is not None and handler.conn.envelope is not body_envelope:
+        # RSET, a new EHLO or STARTTLS ended the transaction mid-body.
+        await handler._abort_body()
