@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hmac
 import importlib
 import importlib.util
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 
@@ -30,6 +32,9 @@ DEFAULT_PORT = 8025
 DEFAULT_SMTPS_PORT = 8465
 DEFAULT_SIZE = 33_554_432
 DEFAULT_HANDLER = "smtpproto_anyio.handlers.Debugging"
+
+# Seconds between a worker's checks that its supervisor is still alive.
+ORPHAN_CHECK_INTERVAL = 1.0
 
 logger = logging.getLogger("smtpproto.server")
 
@@ -173,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "for testing: offer AUTH PLAIN and LOGIN (after STARTTLS, or on the "
             "SMTPS port) and accept this one user name and password"
+        ),
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        default=1,
+        help=(
+            "run N server processes that share the listening ports through "
+            "SO_REUSEPORT (Linux and BSD); this process supervises them and "
+            "forwards SIGINT and SIGTERM (default: 1, no extra process)"
         ),
     )
     parser.add_argument(
@@ -368,6 +384,10 @@ class ServeOptions:
     smtps_context: ssl.SSLContext | None
     setuid: bool
     backend: str
+    reuse_port: bool = False
+    # Set in worker processes: the supervisor's PID and the "worker i/N" label.
+    parent_pid: int | None = None
+    worker_label: str = ""
 
 
 async def run_server(server: SMTPServer, options: ServeOptions) -> None:
@@ -376,13 +396,19 @@ async def run_server(server: SMTPServer, options: ServeOptions) -> None:
     A second signal during the shutdown cancels the messages still in progress.
     """
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with server.serving(options.host, options.port):
+        async with (
+            server.serving(options.host, options.port, reuse_port=options.reuse_port),
+            anyio.create_task_group() as watcher,
+        ):
+            if options.parent_pid is not None:
+                watcher.start_soon(_stop_when_orphaned, options.parent_pid)
             addresses = [_address_text(options.host, server.port)]
             if options.smtps_context is not None:
                 sockets = await server.add_listener(
                     options.smtps_host,
                     options.smtps_port,
                     ssl_context=options.smtps_context,
+                    reuse_port=options.reuse_port,
                 )
                 smtps_port = sockets[0].getsockname()[1]
                 addresses.append(
@@ -391,7 +417,8 @@ async def run_server(server: SMTPServer, options: ServeOptions) -> None:
             if options.setuid:
                 drop_privileges()
             print(
-                f"{PROG} listening on {', '.join(addresses)} ({options.backend})",
+                f"{PROG} listening on {', '.join(addresses)} ({options.backend})"
+                f"{options.worker_label}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -403,6 +430,16 @@ async def run_server(server: SMTPServer, options: ServeOptions) -> None:
                 task_group.start_soon(_cancel_on_signal, signals, task_group)
                 await server.shutdown()
                 task_group.cancel_scope.cancel()
+            watcher.cancel_scope.cancel()
+
+
+async def _stop_when_orphaned(parent_pid: int) -> None:
+    """Stop this worker like SIGTERM does once its supervisor has died."""
+    # No event reports a parent's death portably, so this polls.
+    while os.getppid() == parent_pid:  # noqa: ASYNC110
+        await anyio.sleep(ORPHAN_CHECK_INTERVAL)
+    logger.warning("the supervisor process %d is gone, shutting down", parent_pid)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _cancel_on_signal(
@@ -452,6 +489,10 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         raise UsageError(
             f"--greeting-delay must be from 0 to 3600 seconds, not {args.greeting_delay}"
         )
+    if args.workers < 1:
+        raise UsageError(f"--workers must be 1 or more, not {args.workers}")
+    if args.workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        raise UsageError("--workers needs SO_REUSEPORT, which this system lacks")
     if args.uvloop and args.backend != "asyncio":
         raise UsageError("--uvloop works only with --backend asyncio")
     backend_options: dict[str, Any] = {}
@@ -516,12 +557,24 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         setuid=not args.nosetuid,
         backend="asyncio with uvloop" if args.uvloop else args.backend,
     )
+    if args.workers > 1:
+        return run_workers(args.workers, server, options, args.backend, backend_options)
+    return serve_in_process(server, options, args.backend, backend_options)
+
+
+def serve_in_process(
+    server: SMTPServer,
+    options: ServeOptions,
+    backend: str,
+    backend_options: dict[str, Any],
+) -> int:
+    """Run the server in this process until a signal stops it; return 0."""
     try:
         anyio.run(
             run_server,
             server,
             options,
-            backend=args.backend,
+            backend=backend,
             backend_options=backend_options,
         )
     except OSError as error:
@@ -529,3 +582,115 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def run_workers(
+    count: int,
+    server: SMTPServer,
+    options: ServeOptions,
+    backend: str,
+    backend_options: dict[str, Any],
+) -> int:
+    """Fork ``count`` worker processes that share the ports; supervise them.
+
+    SIGINT and SIGTERM are forwarded to every worker. When a worker exits
+    without being asked to, the others are stopped too and the status is 1.
+    Each worker runs in its own process group, so a Ctrl-C in a terminal
+    reaches the workers once, through this process.
+    """
+    reserved = []
+    options.reuse_port = True
+    # Port 0 would give every worker its own port: pick one here, and keep a
+    # bound (not listening) socket on it so that no one else takes it.
+    if options.port == 0:
+        reserved.append(_reserve_port(options.host))
+        options.port = reserved[-1].getsockname()[1]
+    if options.smtps_context is not None and options.smtps_port == 0:
+        reserved.append(_reserve_port(options.smtps_host))
+        options.smtps_port = reserved[-1].getsockname()[1]
+
+    options.parent_pid = os.getpid()
+    children: dict[int, int] = {}
+    for index in range(1, count + 1):
+        pid = os.fork()
+        if pid == 0:
+            _run_worker(server, options, backend, backend_options, index, count)
+        children[pid] = index
+    for sock in reserved:
+        sock.close()
+
+    stopping = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        logger.info(
+            "received %s, stopping %d workers",
+            signal.Signals(signum).name,
+            len(children),
+        )
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    status = 0
+    while children:
+        try:
+            pid, wait_status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        index = children.pop(pid, 0)
+        exit_code = os.waitstatus_to_exitcode(wait_status)
+        if exit_code != 0:
+            status = 1
+        if not stopping:
+            logger.error(
+                "worker %d (PID %d) exited with status %d; stopping the others",
+                index,
+                pid,
+                exit_code,
+            )
+            status = 1
+            stopping = True
+            for other in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(other, signal.SIGTERM)
+    return status
+
+
+def _reserve_port(host: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, 0))
+    except OSError as error:
+        sock.close()
+        raise UsageError(f"cannot listen: {error}") from error
+    return sock
+
+
+def _run_worker(
+    server: SMTPServer,
+    options: ServeOptions,
+    backend: str,
+    backend_options: dict[str, Any],
+    index: int,
+    count: int,
+) -> NoReturn:
+    """Serve in a forked worker process and exit it; never returns."""
+    exit_code = 1
+    try:
+        os.setpgid(0, 0)
+        options.worker_label = f" worker {index}/{count}"
+        exit_code = serve_in_process(server, options, backend, backend_options)
+    except UsageError as error:
+        print(f"{PROG}: error: worker {index}: {error}", file=sys.stderr, flush=True)
+    except BaseException:
+        logger.exception("worker %d failed", index)
+    finally:
+        sys.stderr.flush()
+        os._exit(exit_code)

@@ -444,19 +444,21 @@ class SMTPServer:
         port: int,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> list[socket.socket]:
         """Listen on one more address while :meth:`serving` runs.
 
         This is how one server serves a STARTTLS port and an SMTPS port.
 
         :param ssl_context: server-side context for implicit TLS on this address
+        :param reuse_port: set ``SO_REUSEPORT``, as in :meth:`serving`
         :return: the new listening sockets
         :raises RuntimeError: outside :meth:`serving`, or after :meth:`shutdown`
         :raises OSError: if the address cannot be bound
         """
         if self._task_group is None or self._shutting_down:
             raise RuntimeError("add_listener() works only while serving() runs")
-        start = await self._bind(host, port, ssl_context, False)
+        start = await self._bind(host, port, ssl_context, reuse_port)
         return await start()
 
     async def _bind(
