@@ -178,6 +178,7 @@ class ServerConnection:
         "_esc",
         "_greeted",
         "_has_sender",
+        "_held_cr",
         "_hello",
         "_line_dot",
         "_line_length",
@@ -359,6 +360,7 @@ class ServerConnection:
         self._message_error: Reply | None = None
         self._line_too_long = False
         self._bare_line_ending = False
+        self._held_cr = False
         self._line_length = 0
         self._line_dot = False
         self._line_start = True
@@ -873,6 +875,7 @@ class ServerConnection:
         self._message_error = None
         self._line_too_long = False
         self._bare_line_ending = False
+        self._held_cr = False
         self._line_length = 0
         self._line_start = True
 
@@ -1269,7 +1272,7 @@ class ServerConnection:
             self._bdat_discard = True
             self._bdat_error = error
             return None
-        self._bdat_discard = self._message_error is not None
+        self._bdat_discard = self._message_error is not None or self._bare_line_ending
         self._bdat_error = None
         self._bdat_active = True
         return Bdat(size=size, last=last)
@@ -1665,13 +1668,16 @@ class ServerConnection:
         elif self._bdat_remaining:
             return NEED_DATA
 
+        if self.bare_line_ending != "allow" and not self._bdat_discard:
+            chunk = self._check_chunk_line_endings(chunk)
         if chunk:
             self._message_size += len(chunk)
             limit = self.max_message_size
             if limit is not None and self._message_size > limit:
                 self._message_error = replies.MESSAGE_TOO_BIG
-                self._bdat_discard = True
-                chunk = b""
+        if self._message_error is not None or self._bare_line_ending:
+            self._bdat_discard = True
+            chunk = b""
         if self._bdat_remaining == 0:
             self._state = ServerState.COMMAND
             self._queued.extend(self._end_of_chunk())
@@ -1679,12 +1685,41 @@ class ServerConnection:
             return DataChunk(data=chunk)
         return None
 
+    def _check_chunk_line_endings(self, piece: bytes) -> bytes:
+        """Apply the bare line ending policy to BDAT content.
+
+        BDAT chunks carry no line structure, but text sent with BDAT still
+        needs CRLF line endings (RFC 3030, section 2), and a relay that later
+        forwards it with DATA would pass a bare LF on. A CR at the end of a
+        piece waits for the next one, which may start with its LF.
+        """
+        text = piece
+        if self._held_cr:
+            text = b"\r" + text
+            self._held_cr = False
+        if text.endswith(b"\r"):
+            self._held_cr = True
+            text = text[:-1]
+        last_piece = self._bdat_remaining == 0 and self._bdat_last
+        if last_piece and self._held_cr:
+            # The message ends with a CR that no LF follows.
+            self._held_cr = False
+            text += b"\r"
+        if _has_bare_line_ending(text):
+            if self.bare_line_ending == "reject":
+                self._bare_line_ending = True
+                return b""
+            text = _BARE_LINE_ENDING.sub(b"\r\n", text)
+        return text
+
     def _end_of_chunk(self) -> list[Event]:
         if self._bdat_error is not None:
             self._queue(self._bdat_error)
             self._bdat_error = None
             self._bdat_discard = False
             return []
+        if self._message_error is None and self._bare_line_ending:
+            self._message_error = replies.MESSAGE_BARE_LINE_ENDING
         if self._message_error is not None:
             error = self._message_error
             if self._bdat_last:
@@ -1696,6 +1731,8 @@ class ServerConnection:
             self._bdat_failed = True
             self._bdat_active = False
             self._message_error = None
+            self._bare_line_ending = False
+            self._held_cr = False
             self._message_size = 0
             self._bdat_error = None
             return [

@@ -138,9 +138,9 @@ def test_bdat_no_reply_before_chunk_complete() -> None:
 
 def test_bdat_chunk_content_is_opaque() -> None:
     # A chunk is counted octets, not text: no dot-unstuffing, no end of data,
-    # no line limit, and bare line endings pass through.
+    # no line limit; under "allow", bare line endings pass through too.
     chunk = b".\r\n..x\r\na\nb\rc" + b"y" * 5000 + b"\r\n.\r\nQUIT\r\n"
-    conn = in_transaction(bare_line_ending="reject")
+    conn = in_transaction(bare_line_ending="allow")
     events, out = feed(conn, b"BDAT %d LAST\r\n" % len(chunk) + chunk)
     assert body(events) == chunk
     assert completed(events) == [DataComplete(size=len(chunk))]
@@ -405,3 +405,35 @@ def test_bdat_transaction_reset_notifies(line: bytes) -> None:
     feed(conn, b"BDAT 3\r\nabc")
     events, _ = feed(conn, line)
     assert isinstance(events[0], DataRejected)
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        pytest.param(b"a\nb\r\n", id="lf"),
+        pytest.param(b"a\rb\r\n", id="cr"),
+        pytest.param(b"a\r\n\r", id="final-cr"),
+    ],
+)
+def test_bdat_bare_line_ending_rejected(chunk: bytes) -> None:
+    conn = in_transaction(bare_line_ending="reject")
+    events, out = feed(conn, b"BDAT %d LAST\r\n" % len(chunk) + chunk)
+    assert body(events) == b""
+    assert codes(out) == [550]
+    assert any(isinstance(e, DataRejected) for e in events)
+
+
+def test_bdat_cr_lf_across_chunks_accepted() -> None:
+    # The CR ends one chunk and its LF starts the next: a CRLF, not bare.
+    conn = in_transaction(bare_line_ending="reject")
+    events, out = feed(conn, b"BDAT 2\r\na\rBDAT 4 LAST\r\n\nb\r\n")
+    assert codes(out) == [250, 250]
+    assert body(events) == b"a\r\nb\r\n"
+
+
+def test_bdat_bare_line_ending_normalized() -> None:
+    conn = in_transaction(bare_line_ending="normalize")
+    chunk = b"a\nb\rc\r\n"
+    events, out = feed(conn, b"BDAT %d LAST\r\n" % len(chunk) + chunk)
+    assert body(events) == b"a\r\nb\r\nc\r\n"
+    assert codes(out) == [250]
