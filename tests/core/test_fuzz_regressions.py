@@ -115,3 +115,26 @@ def test_cram_md5_non_ascii_digest() -> None:
     credentials = conn.next_event()
     assert isinstance(credentials, AuthCredentials)
     assert credentials.verify_cram_md5("secret") is False
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "after an over-long line, a read that ends between CR and LF hides the "
+        "line end, so the next command is discarded"
+    ),
+)
+@pytest.mark.parametrize("state", ["command", "auth"])
+def test_long_line_crlf_across_reads(state: str) -> None:
+    conn = new_connection(auth_mechanisms=("PLAIN",), auth_require_tls=False)
+    limit = conn.max_command_line
+    if state == "auth":
+        feed(conn, b"EHLO client.example\r\nAUTH PLAIN\r\n")
+        limit = conn.max_sasl_response
+    long_line = b"A" * (limit + 100)
+    _, whole = feed(conn, long_line + b"\r\nNOOP\r\n")
+    assert codes(whole) == [500, 250]
+    if state == "auth":
+        feed(conn, b"AUTH PLAIN\r\n")
+    _, split = feed_pieces(conn, [long_line + b"\r", b"\nNOOP\r\n"])
+    assert codes(split) == [500, 250]
