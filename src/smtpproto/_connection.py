@@ -955,7 +955,7 @@ class ServerConnection:
         if self._discarding_line:
             # The start of an over-long line was answered already; drop the rest.
             if end < 0:
-                self._pos = len(buffer)
+                self._pos = _discard_end(buffer, strict)
                 return None
             self._pos = end + (2 if strict else 1)
             self._discarding_line = False
@@ -970,7 +970,7 @@ class ServerConnection:
             # skip to its end, so the buffer never grows past the limit.
             self._queue(too_long)
             if end < 0:
-                self._pos = len(buffer)
+                self._pos = _discard_end(buffer, strict)
                 self._discarding_line = True
                 return False
             self._pos = end + (2 if strict else 1)
@@ -1774,6 +1774,18 @@ def _has_bare_line_ending(raw: bytes) -> bool:
     if count <= len(_CRLF_RUN):
         return not _CRLF_RUN.startswith(endings)
     return endings.count(b"\r\n") * 2 != count
+
+
+def _discard_end(buffer: bytes | bytearray, strict: bool) -> int:
+    """Return how far an over-long line can be dropped from ``buffer``.
+
+    A final CR stays: the next read may start with its LF, and only the pair
+    ends the line.
+    """
+    end = len(buffer)
+    if strict and end and buffer[end - 1] == 0x0D:
+        return end - 1
+    return end
 
 
 def _is_decimal(text: str) -> bool:

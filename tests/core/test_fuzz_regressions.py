@@ -117,13 +117,6 @@ def test_cram_md5_non_ascii_digest() -> None:
     assert credentials.verify_cram_md5("secret") is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "after an over-long line, a read that ends between CR and LF hides the "
-        "line end, so the next command is discarded"
-    ),
-)
 @pytest.mark.parametrize("state", ["command", "auth"])
 def test_long_line_crlf_across_reads(state: str) -> None:
     conn = new_connection(auth_mechanisms=("PLAIN",), auth_require_tls=False)
