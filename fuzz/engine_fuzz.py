@@ -29,7 +29,6 @@ The module imports atheris only when run, so tests can import ``run_input``.
 from __future__ import annotations
 
 import base64
-import itertools
 import os
 import re
 import sys
@@ -433,14 +432,7 @@ def run_input(data: bytes) -> None:
         split = run_session(case, pieces)
         check_replies(split.output)
         check_line_endings(case, split.events)
-        # NOTE: the engine still loses the line after an over-long command line
-        # when a read ends between its CR and LF (the strict xfail in
-        # test_fuzz_regressions.py), so such cuts skip the comparison for now.
-        cuts_crlf = any(
-            a.endswith(b"\r") and b.startswith(b"\n")
-            for a, b in itertools.pairwise(pieces)
-        )
-        if case.options.differential and not cuts_crlf:
+        if case.options.differential:
             whole = run_session(case, [case.stream] if case.stream else [])
             assert canonical_events(whole.events) == canonical_events(split.events), (
                 "events differ between one read and several reads"

@@ -119,6 +119,8 @@ def test_cram_md5_non_ascii_digest() -> None:
 
 @pytest.mark.parametrize("state", ["command", "auth"])
 def test_long_line_crlf_across_reads(state: str) -> None:
+    # After an over-long line, a read that ended between CR and LF once hid the
+    # line end, so the next command was discarded.
     conn = new_connection(auth_mechanisms=("PLAIN",), auth_require_tls=False)
     limit = conn.max_command_line
     if state == "auth":

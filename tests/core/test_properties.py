@@ -257,6 +257,21 @@ def test_split_same_events(name: str, data: st.DataObject) -> None:
     assert split_out == whole_out
 
 
+EVERY_CUT_CASES = [pytest.param(DIALOGS[name], id=name) for name in DIALOGS]
+EVERY_CUT_CASES.append(pytest.param(REJECTING_DIALOG, id="rejecting"))
+
+
+@pytest.mark.parametrize("case", EVERY_CUT_CASES)
+def test_split_every_single_cut(case: tuple[dict[str, Any], bytes]) -> None:
+    options, dialog = case
+    whole_events, whole_out = run_pieces(options, [dialog])
+    for cut in range(1, len(dialog)):
+        pieces = [dialog[:cut], dialog[cut:]]
+        split_events, split_out = run_pieces(options, pieces)
+        assert canonical_events(split_events) == canonical_events(whole_events), cut
+        assert split_out == whole_out, cut
+
+
 @pytest.mark.parametrize("name", DIALOGS)
 def test_dialog_policy_independent(name: str) -> None:
     options, dialog = DIALOGS[name]
