@@ -8,9 +8,10 @@ exchange) moves the rest of that event's handling into a task, and reading
 pauses until the task is done, so the engine sees the same order of calls as
 on the anyio stream path.
 
-Timeouts use one timer handle per connection that is re-armed lazily: a read
-only stores the time, and the timer, when it fires early, sleeps again until
-the real deadline.
+Timeouts cost no timer per connection: a read only stores the time, and one
+periodic sweep per server compares every connection's deadline with the clock.
+A timeout therefore fires up to one sweep interval late (at most a second, and
+a quarter of the shortest configured timeout).
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from smtpproto import NEED_DATA, PAUSED, ConnectionClosed
+from smtpproto import (
+    NEED_DATA,
+    PAUSED,
+    Bdat,
+    ConnectionClosed,
+    Data,
+    DataChunk,
+    DataComplete,
+    Event,
+)
 
 from ._server import (
     LINGER_MAX_READS,
@@ -43,9 +53,12 @@ if TYPE_CHECKING:
 
 __all__ = ["ProtocolConnection"]
 
-# Seconds between timer checks when no deadline applies right now (a hook is
-# running, or no timeout is configured while a body deadline may start later).
-IDLE_RECHECK: Final = 60.0
+# Message events that _discard_body_event handles when no hook wants the message.
+_BODY_EVENTS: Final = frozenset({Data, Bdat, DataChunk, DataComplete})
+
+# Bounds of the seconds between two deadline sweeps.
+SWEEP_MIN_INTERVAL: Final = 0.05
+SWEEP_MAX_INTERVAL: Final = 1.0
 
 
 class _SwitchToTask:
@@ -256,6 +269,8 @@ class ProtocolConnection(_ConnectionHandler, asyncio.Protocol):
     def _process(self) -> None:
         """Handle every event the engine has, then write the replies at once."""
         conn = self.conn
+        plain = self.server._plain_events
+        discard_body = self.server._discard_body
         try:
             while True:
                 event = conn.next_event()
@@ -284,6 +299,13 @@ class ProtocolConnection(_ConnectionHandler, asyncio.Protocol):
                     return
                 if self.trace:
                     self._trace_event(event)
+                event_type = type(event)
+                if event_type in plain and self.body_envelope is None:
+                    conn.accept()
+                    continue
+                if event_type in _BODY_EVENTS and discard_body:
+                    self._discard_body_event(event)
+                    continue
                 if not self._run_inline(_handle_event(self, event)):
                     return
         except _ConnectionEnded:
@@ -293,6 +315,32 @@ class ProtocolConnection(_ConnectionHandler, asyncio.Protocol):
                 "unexpected error on the connection from %s", self.peer_text
             )
             self._abort()
+
+    def _discard_body_event(self, event: Event) -> None:
+        """Handle a message event when no hook wants the message (as _on_* do)."""
+        if type(event) is DataChunk:
+            if self.body_envelope is None:
+                self._begin_body()
+            return
+        if type(event) is DataComplete:
+            assert isinstance(event, DataComplete)
+            envelope = self.conn.envelope
+            self._end_body()
+            self.conn.accept()
+            if server_logger.isEnabledFor(logging.INFO):
+                recipients = len(envelope.rcpt_tos)
+                server_logger.info(
+                    "message from %s accepted: %d octets, %d recipients",
+                    self.peer_text,
+                    event.size,
+                    recipients,
+                )
+            return
+        if type(event) is Data:
+            self.conn.accept()
+            self._begin_body()
+        elif self.body_envelope is None:  # Bdat
+            self._begin_body()
 
     def _run_inline(self, coroutine: Coroutine[Any, Any, None]) -> bool:
         """Run ``coroutine`` now; return False if it had to continue in a task."""
@@ -568,49 +616,26 @@ class ProtocolConnection(_ConnectionHandler, asyncio.Protocol):
             self.timer = None
 
     def _arm_timer(self) -> None:
-        server = self.server
-        if (
-            server.timeout is None
-            and server.data_timeout is None
-            and server.proxy_protocol_timeout is None
-        ):
-            return
-        self.timer = self.loop.call_later(self._time_left(), self._on_timer)
+        sweeper = self.server._sweeper
+        if sweeper is None or sweeper.loop is not self.loop:
+            self.server._sweeper = _Sweeper.start(self.server, self.loop)
 
-    def _begin_body(self) -> None:
-        super()._begin_body()
-        deadline = self.body_deadline
-        if deadline is None or self.transport is None or self.lingering:
+    def check_deadline(self, now: float) -> None:
+        """Time the connection out if its deadline has passed (called by the sweep)."""
+        if self.transport is None or self.lingering:
             return
-        timer = self.timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self.timer = self.loop.call_at(deadline, self._on_timer)
-
-    def _time_left(self) -> float:
-        """Return the seconds until this connection times out (may be negative)."""
         if self.task is not None and self.read_waiter is None:
-            return IDLE_RECHECK  # a hook runs: no read is due
+            return  # a hook runs: no read is due
         server = self.server
         timeout = (
             server.proxy_protocol_timeout if self.awaiting_proxy else server.timeout
         )
-        now = self.loop.time()
-        left = IDLE_RECHECK if timeout is None else self.last_activity + timeout - now
-        if self.body_deadline is not None and not self.writing_paused:
-            left = min(left, self.body_deadline - now)
-        return left
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        if self.transport is None or self.lingering:
-            return
-        left = self._time_left()
-        if left > 0:
-            self.timer = self.loop.call_later(left, self._on_timer)
-            return
-        self._time_out()
+        expired = timeout is not None and now - self.last_activity >= timeout
+        body_deadline = self.body_deadline
+        if body_deadline is not None and not self.writing_paused:
+            expired = expired or now >= body_deadline
+        if expired:
+            self._time_out()
 
     def _time_out(self) -> None:
         server = self.server
@@ -652,3 +677,47 @@ class ProtocolConnection(_ConnectionHandler, asyncio.Protocol):
             self.greeting_timer.cancel()
             self.greeting_timer = None
         self._process()
+
+
+class _Sweeper:
+    """The periodic check of every connection's deadline, one per server and loop."""
+
+    __slots__ = ("handle", "interval", "loop", "server")
+
+    def __init__(
+        self, server: SMTPServer, loop: asyncio.AbstractEventLoop, interval: float
+    ) -> None:
+        self.server = server
+        self.loop = loop
+        self.interval = interval
+        self.handle = loop.call_later(interval, self._sweep)
+
+    @classmethod
+    def start(
+        cls, server: SMTPServer, loop: asyncio.AbstractEventLoop
+    ) -> _Sweeper | None:
+        """Start sweeping; return None if the server has no timeouts at all."""
+        limits = [
+            t
+            for t in (
+                server.timeout,
+                server.data_timeout,
+                server.proxy_protocol_timeout,
+            )
+            if t is not None
+        ]
+        if not limits:
+            return None
+        interval = min(max(min(limits) / 4, SWEEP_MIN_INTERVAL), SWEEP_MAX_INTERVAL)
+        return cls(server, loop, interval)
+
+    def _sweep(self) -> None:
+        server = self.server
+        if not server._connections and not server._asyncio_servers:
+            server._sweeper = None  # serving ended; the next connection restarts it
+            return
+        now = self.loop.time()
+        for connection in list(server._connections):
+            if isinstance(connection, ProtocolConnection):
+                connection.check_deadline(now)
+        self.handle = self.loop.call_later(self.interval, self._sweep)

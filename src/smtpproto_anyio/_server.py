@@ -311,6 +311,18 @@ class SMTPServer:
         # Without handle_DATA nobody reads envelope.content, so the body is dropped
         # as it arrives instead of being joined in memory.
         self._collect_body = not self._streaming and self._hooks.get("DATA") is not None
+        # No hook sees the message at all: the asyncio path handles its events
+        # without creating coroutines.
+        self._discard_body = not any(
+            name in self._hooks.hooks for name in ("DATA", "DATA_CHUNK", "DATA_ABORT")
+        )
+        # Events that get the engine's default reply because no hook handles them;
+        # the asyncio path answers these without creating a coroutine.
+        self._plain_events = frozenset(
+            event_type
+            for event_type, hook_name in _PLAIN_WITHOUT_HOOK.items()
+            if hook_name is None or hook_name not in self._hooks.hooks
+        )
         excluded = {name.upper() for name in auth_exclude_mechanism or ()}
         mechanisms: list[str] = []
         if authenticator is not None or self._hooks.get("AUTH") is not None:
@@ -353,6 +365,8 @@ class SMTPServer:
         self._task_group: TaskGroup | None = None
         self._listeners: list[SocketListener] = []
         self._asyncio_servers: list[asyncio.AbstractServer] = []
+        # The asyncio path's timeout sweep (a _protocol._Sweeper), while serving.
+        self._sweeper: Any = None
         self._sockets: list[socket.socket] = []
         self._accept_scopes: list[anyio.CancelScope] = []
         self._connections: set[_ConnectionHandler] = set()
@@ -775,7 +789,6 @@ class _ConnectionHandler:
         "implicit_tls",
         "peer",
         "peer_closed",
-        "peer_text",
         "raw_stream",
         "read_scope",
         "scope",
@@ -824,8 +837,12 @@ class _ConnectionHandler:
         """Create the engine for a connection from ``peer``."""
         self.conn = self.server._new_engine(implicit_tls=self.implicit_tls is not None)
         self.peer = peer
-        self.peer_text = _format_address(peer)
         self.trace = wire_logger.isEnabledFor(logging.DEBUG)
+
+    @property
+    def peer_text(self) -> str:
+        """The client's address for log lines (formatted only when logged)."""
+        return _format_address(self.peer)
 
     def request_shutdown(self) -> None:
         if self.shutdown_requested:
@@ -1608,3 +1625,18 @@ async def _handle_event(handler: _ConnectionHandler, event: Event) -> None:
     if body_envelope is not None and handler.conn.envelope is not body_envelope:
         # RSET, a new EHLO or STARTTLS ended the transaction mid-body.
         await handler._abort_body()
+
+
+# Event types whose handler method only sends the default reply when the named
+# hook is missing (None: always).
+_PLAIN_WITHOUT_HOOK: Final[dict[type[Event], str | None]] = {
+    Helo: "HELO",
+    Ehlo: "EHLO",
+    MailFrom: "MAIL",
+    RcptTo: "RCPT",
+    Rset: "RSET",
+    Noop: "NOOP",
+    Vrfy: "VRFY",
+    Help: None,
+    Quit: "QUIT",
+}
