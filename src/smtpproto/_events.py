@@ -51,7 +51,11 @@ class Event:
 class ProxyHeader(Event):
     """PROXY protocol header read before the greeting (needs the greeting as reply).
 
-    ``source_address`` and friends are ``None`` for ``LOCAL``/``UNKNOWN`` headers.
+    Both versions use version 2's names: ``family`` is ``"INET"``, ``"INET6"``,
+    ``"UNIX"`` or ``"UNSPEC"`` (a version 1 ``TCP4`` header gives ``"INET"``, and
+    ``UNKNOWN`` gives ``"UNSPEC"``), ``protocol`` is ``"STREAM"``, ``"DGRAM"`` or
+    ``"UNSPEC"``. The addresses and ports are ``None`` for ``LOCAL`` and
+    ``UNSPEC`` headers.
     """
 
     version: int

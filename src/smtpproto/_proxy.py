@@ -199,7 +199,7 @@ def _parse_v1_line(line: bytes, *, raw: bytes) -> ProxyHeader:
     if protocol == b"UNKNOWN":
         # Section 2.1: the receiver ignores everything between UNKNOWN and the CRLF.
         return ProxyHeader(
-            version=1, command="PROXY", family="UNKNOWN", protocol="UNKNOWN", raw=raw
+            version=1, command="PROXY", family="UNSPEC", protocol="UNSPEC", raw=raw
         )
     if protocol not in _V1_PROTOCOLS:
         raise _bad_v1_protocol(protocol)
@@ -220,7 +220,9 @@ def _parse_v1_line(line: bytes, *, raw: bytes) -> ProxyHeader:
     return ProxyHeader(
         version=1,
         command="PROXY",
-        family=protocol.decode(),
+        # Version 2's names for both versions: TCP4 and TCP6 are stream
+        # connections over IPv4 and IPv6.
+        family="INET" if protocol == b"TCP4" else "INET6",
         protocol="STREAM",
         source_address=addresses[0],
         destination_address=addresses[1],

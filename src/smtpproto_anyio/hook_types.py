@@ -58,7 +58,10 @@ Status: TypeAlias = "str | _Missing | None"
 
 @runtime_checkable
 class HandleHELO(Protocol):
-    """Hook ``handle_HELO``: the reply to HELO (set ``session.host_name`` on success)."""
+    """Hook ``handle_HELO``: the reply to HELO.
+
+    On a 2xx reply the server sets ``session.host_name`` unless the hook did.
+    """
 
     def handle_HELO(
         self, server: SMTPServer, session: Session, envelope: Envelope, hostname: str
@@ -138,7 +141,11 @@ class HandleDATA_CHUNK(Protocol):
 
 @runtime_checkable
 class HandleDATA_ABORT(Protocol):
-    """``handle_DATA_ABORT``: a streamed message ended without ``handle_DATA``."""
+    """Hook ``handle_DATA_ABORT``: a message ended without ``handle_DATA``.
+
+    Called when the engine rejected the message, the client reset the
+    transaction, or the connection ended during the message content.
+    """
 
     def handle_DATA_ABORT(
         self, server: SMTPServer, session: Session, envelope: Envelope
@@ -183,10 +190,10 @@ class HandleVRFY(Protocol):
 
 @runtime_checkable
 class HandleAUTH(Protocol):
-    """``handle_AUTH``: check credentials when no ``authenticator`` is set.
+    """Hook ``handle_AUTH``: check credentials when no ``authenticator`` is set.
 
-    ``args`` is ``[mechanism, login, password]``; set ``session.authenticated``
-    and return a status (``None`` counts as a failed login).
+    ``args`` is ``[mechanism, login, password]``. A 2xx status logs the client
+    in and ``None`` counts as a failed login.
     """
 
     def handle_AUTH(

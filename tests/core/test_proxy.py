@@ -98,7 +98,7 @@ VALID_V1 = [
         ProxyHeader(
             version=1,
             command="PROXY",
-            family="TCP4",
+            family="INET",
             protocol="STREAM",
             source_address="192.168.0.1",
             source_port=56324,
@@ -112,7 +112,7 @@ VALID_V1 = [
         ProxyHeader(
             version=1,
             command="PROXY",
-            family="TCP4",
+            family="INET",
             protocol="STREAM",
             source_address="255.255.255.255",
             source_port=65535,
@@ -126,7 +126,7 @@ VALID_V1 = [
         ProxyHeader(
             version=1,
             command="PROXY",
-            family="TCP6",
+            family="INET6",
             protocol="STREAM",
             source_address="2001:db8::1",
             source_port=40000,
@@ -140,7 +140,7 @@ VALID_V1 = [
         ProxyHeader(
             version=1,
             command="PROXY",
-            family="TCP6",
+            family="INET6",
             protocol="STREAM",
             source_address="2001:db8::1",
             source_port=1,
@@ -154,7 +154,7 @@ VALID_V1 = [
         ProxyHeader(
             version=1,
             command="PROXY",
-            family="TCP6",
+            family="INET6",
             protocol="STREAM",
             source_address=str(IPv6Address("::ffff:192.0.2.1")),
             source_port=1025,
@@ -168,7 +168,7 @@ VALID_V1 = [
         ProxyHeader(
             version=1,
             command="PROXY",
-            family="TCP6",
+            family="INET6",
             protocol="STREAM",
             source_address=V1_MAX_IPV6,
             source_port=65535,
@@ -179,17 +179,17 @@ VALID_V1 = [
     ),
     pytest.param(
         b"PROXY UNKNOWN\r\n",
-        ProxyHeader(version=1, command="PROXY", family="UNKNOWN", protocol="UNKNOWN"),
+        ProxyHeader(version=1, command="PROXY", family="UNSPEC", protocol="UNSPEC"),
         id="unknown",
     ),
     pytest.param(
         V1_LONGEST_UNKNOWN,
-        ProxyHeader(version=1, command="PROXY", family="UNKNOWN", protocol="UNKNOWN"),
+        ProxyHeader(version=1, command="PROXY", family="UNSPEC", protocol="UNSPEC"),
         id="unknown-107-bytes",
     ),
     pytest.param(
         b"PROXY UNKNOWN any\x00thing \xff\r goes\r\n",
-        ProxyHeader(version=1, command="PROXY", family="UNKNOWN", protocol="UNKNOWN"),
+        ProxyHeader(version=1, command="PROXY", family="UNSPEC", protocol="UNSPEC"),
         id="unknown-ignored-rest",
     ),
 ]
@@ -769,7 +769,7 @@ def v1_tcp_headers(draw: st.DrawFn) -> tuple[bytes, ProxyHeader]:
     expected = ProxyHeader(
         version=1,
         command="PROXY",
-        family=family,
+        family="INET" if family == "TCP4" else "INET6",
         protocol="STREAM",
         source_address=str(IPv6Address(source) if family == "TCP6" else source),
         source_port=source_port,
@@ -787,7 +787,7 @@ def v1_unknown_headers(draw: st.DrawFn) -> tuple[bytes, ProxyHeader]:
     rest = draw(st.none() | st.binary(max_size=91).map(lambda b: b.replace(b"\n", b"")))
     data = b"PROXY UNKNOWN" + (b"" if rest is None else b" " + rest) + b"\r\n"
     expected = ProxyHeader(
-        version=1, command="PROXY", family="UNKNOWN", protocol="UNKNOWN", raw=data
+        version=1, command="PROXY", family="UNSPEC", protocol="UNSPEC", raw=data
     )
     return data, expected
 

@@ -49,7 +49,7 @@ def test_proxy_header_event_before_greeting() -> None:
     assert event == ProxyHeader(
         version=1,
         command="PROXY",
-        family="TCP4",
+        family="INET",
         protocol="STREAM",
         source_address="192.0.2.1",
         source_port=40000,
