@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reject-unsynchronized",
         action="store_true",
         help=(
-            "answer 554 and disconnect a client that sends before the greeting "
+            "reply 554 and disconnect a client that sends before the greeting "
             "or pipelines without PIPELINING"
         ),
     )
@@ -416,12 +416,13 @@ async def run_server(server: SMTPServer, options: ServeOptions) -> None:
                 )
             if options.setuid:
                 drop_privileges()
-            print(
+            # One write of the whole line: workers share standard error, and
+            # print() writes the text and the newline separately.
+            sys.stderr.write(
                 f"{PROG} listening on {', '.join(addresses)} ({options.backend})"
-                f"{options.worker_label}",
-                file=sys.stderr,
-                flush=True,
+                f"{options.worker_label}\n"
             )
+            sys.stderr.flush()
 
             async for signum in signals:
                 logger.info("received %s, shutting down", signal.Signals(signum).name)

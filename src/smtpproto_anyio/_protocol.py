@@ -5,8 +5,8 @@ arrive in ``data_received``, go to the engine, and every event is handled
 inline: sync hooks run right there, and all replies of one read leave in one
 ``transport.write``. Only an async hook (or a TLS handshake, or a SASL
 exchange) moves the rest of that event's handling into a task, and reading
-pauses until the task is done, so the engine sees the same order of calls as
-on the anyio stream path.
+pauses until the task is done, so the engine receives the same calls in the
+same order as on the anyio stream path.
 
 Timeouts cost no timer per connection: a read only stores the time, and one
 periodic sweep per server compares every connection's deadline with the clock.
@@ -80,8 +80,8 @@ def _resume(
 ) -> Generator[Any, Any, Any]:
     """Run the rest of ``coroutine``, which ``yielded`` outside of any task.
 
-    The caller awaits this inside a task. A switch request is answered by
-    resuming at once; anything else the coroutine yielded (a future it waits
+    The caller awaits this inside a task. After a switch request the coroutine
+    resumes at once; anything else the coroutine yielded (a future it waits
     for) is passed on to the task first.
     """
     value: Any = None
