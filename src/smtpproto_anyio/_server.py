@@ -1418,6 +1418,11 @@ class _ConnectionHandler:
                         f"handle_DATA returned {status!r:.80}; a list must hold "
                         f"one status string per recipient"
                     )
+                if not self.server.lmtp and len(status) != 1:
+                    raise TypeError(
+                        f"handle_DATA returned {len(status)} statuses; an SMTP "
+                        "message gets one reply (lists are for LMTP)"
+                    )
                 return [reply_from_status(s, "handle_DATA") for s in status]
             reply = reply_from_status(status, "handle_DATA")
             return None if reply is None else [reply]
