@@ -108,6 +108,8 @@ REJECTION_SEND_TIMEOUT: Final = 1.0
 REJECTION_LOG_INTERVAL: Final = 1.0
 
 READ_SIZE: Final = 65536
+# Reads in a row that the trio stream path may take without a scheduler checkpoint.
+MAX_DIRECT_READS: Final = 8
 # Listen backlog of the asyncio path; the kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG: Final = 4096
 # After the engine closes a session, unread client bytes would make the kernel
@@ -785,6 +787,8 @@ class _ConnectionHandler:
         "chunk_error",
         "chunks",
         "conn",
+        "direct_reads",
+        "direct_socket",
         "hooks",
         "implicit_tls",
         "peer",
@@ -812,6 +816,14 @@ class _ConnectionHandler:
         self.stream: ByteStream = stream
         self.scope = anyio.CancelScope()
         self.read_scope: anyio.CancelScope | None = None
+        # On trio, a socket stream has no buffer of its own, so plain-TCP reads and
+        # sends can first be tried on the non-blocking socket directly. That
+        # saves a cancel scope whenever the socket is ready, which it usually is
+        # for sends. On asyncio, anyio's stream buffers, so it must not be bypassed.
+        self.direct_socket: socket.socket | None = None
+        self.direct_reads = 0
+        if sniffio.current_async_library() == "trio":
+            self.direct_socket = stream.extra(SocketAttribute.raw_socket, None)
         self._connect(stream.extra(SocketAttribute.remote_address, None))
 
     def _setup(self, server: SMTPServer, implicit_tls: ssl.SSLContext | None) -> None:
@@ -956,6 +968,15 @@ class _ConnectionHandler:
             if self.awaiting_proxy
             else self.server.timeout
         )
+        if self.direct_socket is not None and self.stream is self.raw_stream:
+            # Every few reads go through the scheduler anyway, so that a client
+            # that keeps the socket full cannot starve the other connections.
+            if self.direct_reads < MAX_DIRECT_READS:
+                data = self._receive_direct(self.direct_socket)
+                if data is not None:
+                    self.direct_reads += 1
+                    return data
+            self.direct_reads = 0
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
         body_deadline = self.body_deadline
         if body_deadline is not None and body_deadline < deadline:
@@ -986,6 +1007,21 @@ class _ConnectionHandler:
         self.conn.timeout()
         return None
 
+    def _receive_direct(self, sock: socket.socket) -> bytes | None:
+        """Read what the socket has without waiting; ``None`` if nothing is there."""
+        try:
+            data = sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as error:
+            server_logger.info(
+                "connection from %s broke: %s", self.peer_text, _describe_error(error)
+            )
+            raise _ConnectionEnded from error
+        if not data:
+            self.peer_closed = True
+        return data
+
     async def _receive_raw(self) -> bytes:
         """Receive once; ``b""`` when the client closed its side."""
         try:
@@ -1011,6 +1047,21 @@ class _ConnectionHandler:
         if self.trace:
             text = data.decode("utf-8", "backslashreplace").rstrip("\r\n")
             wire_logger.debug("%s S: %s", self.peer_text, text.replace("\r\n", "\n"))
+        if self.direct_socket is not None and self.stream is self.raw_stream:
+            try:
+                sent = self.direct_socket.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as error:
+                server_logger.info(
+                    "connection from %s broke: %s",
+                    self.peer_text,
+                    _describe_error(error),
+                )
+                raise _ConnectionEnded from error
+            if sent == len(data):
+                return
+            data = data[sent:]
         timeout = self.server.timeout
         with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
             try:
