@@ -184,8 +184,9 @@ class ProtocolConnection(_ConnectionHandler, asyncio.Protocol):
         self.last_activity = self.loop.time()
         if self.lingering:
             self.linger_reads += 1
-            if self.linger_reads >= LINGER_MAX_READS and self.transport is not None:
-                self.transport.close()
+            if self.linger_reads >= LINGER_MAX_READS:
+                self._cancel_timer()
+                self._close_due()
             return
         conn = self.conn
         if conn.closed:
@@ -218,8 +219,8 @@ class ProtocolConnection(_ConnectionHandler, asyncio.Protocol):
     def eof_received(self) -> bool:
         self.peer_closed = True
         if self.lingering:
-            if self.transport is not None:
-                self.transport.close()
+            self._cancel_timer()
+            self._close_due()
             return False
         self.data_received(b"")
         # Keep the socket open to send the last replies; an SSL transport
@@ -529,31 +530,44 @@ class ProtocolConnection(_ConnectionHandler, asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        self._cancel_timer()
         # As on the stream path: reading for a moment before closing keeps
         # unread client bytes from turning the close into a reset that could
         # destroy the last reply. Over TLS there is no half-close to signal.
-        self._cancel_timer()
-        # close() waits until the last replies are written: a client that does
-        # not read them gets its connection aborted instead.
-        grace = self.server.timeout
-        self.loop.call_later(
-            LINGER_SECONDS if grace is None else max(grace, LINGER_SECONDS),
-            transport.abort,
+        lingering = (
+            not (self.peer_closed or self.timed_out or self.tls_info is not None)
+            and transport.can_write_eof()
         )
-        if self.peer_closed or self.timed_out or self.tls_info is not None:
-            transport.close()
+        if lingering:
+            try:
+                transport.write_eof()
+            except OSError:  # the client is gone already
+                self._abort()
+                return
+            self.lingering = True
+            self._resume_reading()
+            self.timer = self.loop.call_later(LINGER_SECONDS, self._close_due)
             return
-        if not transport.can_write_eof():
-            transport.close()
+        transport.close()
+        self._abort_later()
+
+    def _close_due(self) -> None:
+        """End the linger: close, and abort later if the replies stay unread."""
+        self.timer = None
+        transport = self.transport
+        if transport is None:
             return
-        try:
-            transport.write_eof()
-        except OSError:  # the client is gone already
-            self._abort()
-            return
-        self.lingering = True
-        self._resume_reading()
-        self.timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+        self.lingering = False
+        transport.close()
+        self._abort_later()
+
+    def _abort_later(self) -> None:
+        # close() waits until the last replies are written: a client that does
+        # not read them gets its connection aborted instead. connection_lost()
+        # cancels this timer, so a normal close leaves no handle behind.
+        grace = self.server.timeout
+        delay = LINGER_SECONDS if grace is None else max(grace, LINGER_SECONDS)
+        self.timer = self.loop.call_later(delay, self._abort)
 
     def _abort(self) -> None:
         transport = self.transport
