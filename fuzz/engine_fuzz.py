@@ -12,8 +12,8 @@ the bytes themselves. Layout:
     the rest   the client's byte stream
 
 The harness fails on any exception out of the engine, on reply bytes that are
-not well-formed SMTP reply lines, on a DATA message that completes with a bare
-CR or LF under bare_line_ending "reject" or "normalize", and, when the
+not well-formed SMTP reply lines, on a message that completes with a bare CR
+or LF under bare_line_ending "reject" or "normalize", and, when the
 differential bit is set, on a difference between feeding the stream in one
 read and in the chosen reads. Engine bugs that are already reported are
 skipped unless FUZZ_STRICT=1 is set (see ``is_known_engine_bug``).
@@ -399,25 +399,28 @@ def is_known_engine_bug(error: BaseException) -> bool:
 
 
 def check_line_endings(case: FuzzInput, events: list[Event]) -> None:
-    """Fail if a DATA message with a bare CR or LF completes under reject or normalize.
+    """Fail if a message with a bare CR or LF completes under reject or normalize.
 
     Under "reject" such a message must end in DataRejected, and under
-    "normalize" every bare CR and LF must have become CRLF.
+    "normalize" every bare CR and LF must have become CRLF. This holds for
+    DATA and for BDAT content alike.
     """
     if case.options.engine["bare_line_ending"] == "allow":
         return
     content = bytearray()
-    in_data = False
+    in_message = False
     for event in events:
-        if isinstance(event, (Data, Bdat)):
-            in_data = isinstance(event, Data)
+        if isinstance(event, Data) or (isinstance(event, Bdat) and not in_message):
             content.clear()
+            in_message = True
         elif isinstance(event, DataChunk):
             content += event.data
-        elif isinstance(event, DataComplete) and in_data:
-            assert not has_bare_line_ending(content), (
-                f"message with a bare CR or LF completed: {bytes(content[:200])!r}"
-            )
+        elif isinstance(event, (DataComplete, DataRejected)):
+            in_message = False
+            if isinstance(event, DataComplete):
+                assert not has_bare_line_ending(content), (
+                    f"message with a bare CR or LF completed: {bytes(content[:200])!r}"
+                )
 
 
 def has_bare_line_ending(content: bytes | bytearray) -> bool:
