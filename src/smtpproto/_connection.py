@@ -571,10 +571,16 @@ class ServerConnection:
                 f"no command awaits a reply in state {self._state.name}; "
                 "call next_event() first"
             )
-        wire = self._plain_accept.get(type(pending))
+        kind = type(pending)
+        wire = self._plain_accept.get(kind)
         if wire is not None and not self._shutdown_requested:
             self._out.append(wire)
             self._pending = None
+            return
+        if kind in _FIXED_DEFAULTS and not (self.lmtp and kind is DataComplete):
+            # Fixed default replies skip building and rendering a Reply.
+            reply, wire = _FIXED_DEFAULTS[kind][self._esc]
+            self._apply_reply(pending, reply, wire)
             return
         self._apply_reply(pending, self._default_reply(pending))
         if self.lmtp and self._pending is pending and isinstance(pending, DataComplete):
@@ -774,10 +780,15 @@ class ServerConnection:
             return replies.HELP_UNKNOWN_TOPIC
         return Reply(214, "2.0.0", ("Syntax: " + syntax,))
 
-    def _apply_reply(self, pending: Event | str, reply: Reply) -> None:
-        """Queue ``reply`` and make the state change it causes for ``pending``."""
+    def _apply_reply(
+        self, pending: Event | str, reply: Reply, wire: bytes | None = None
+    ) -> None:
+        """Queue ``reply`` and make the state change it causes for ``pending``.
+
+        ``wire`` is the reply already rendered, when the caller has it.
+        """
         code = reply.code
-        self._out.append(_render(reply, self._esc))
+        self._out.append(_render(reply, self._esc) if wire is None else wire)
         self._pending = None
         success = 200 <= code < 300
 
@@ -1842,6 +1853,11 @@ _DEFAULT_REPLIES: Final[dict[type[Event], Reply]] = {
     AuthResponse: replies.AUTH_FAILED,
 }
 
+
+_FIXED_DEFAULTS: Final[dict[type[Event | str], dict[bool, tuple[Reply, bytes]]]] = {
+    kind: {esc: (reply, _render(reply, esc)) for esc in (False, True)}
+    for kind, reply in _DEFAULT_REPLIES.items()
+}
 
 _PLAIN_ACCEPT: Final[dict[bool, dict[type[Event | str], bytes]]] = {
     esc: {kind: _render(reply, esc) for kind, reply in _STATELESS_REPLIES.items()}
