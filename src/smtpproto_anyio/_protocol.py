@@ -331,7 +331,7 @@ class ProtocolConnection(_ConnectionHandler, asyncio.Protocol):
             if server_logger.isEnabledFor(logging.INFO):
                 recipients = len(envelope.rcpt_tos)
                 server_logger.info(
-                    "message from %s accepted: %d octets, %d recipients",
+                    "message from %s accepted: %d octets, recipients: %d",
                     self.peer_text,
                     event.size,
                     recipients,

@@ -1450,7 +1450,7 @@ class _ConnectionHandler:
 
         if accepted:
             server_logger.info(
-                "message from %s accepted: %d octets, %d recipients",
+                "message from %s accepted: %d octets, recipients: %d",
                 self.peer_text,
                 event.size,
                 accepted if self.server.lmtp else recipients,

@@ -274,7 +274,7 @@ async def test_connection_and_message_logged(caplog: pytest.LogCaptureFixture) -
     accepted = [m for m in messages if "accepted" in m]
     assert len(accepted) == 1
     assert f"{len(MESSAGE)} octets" in accepted[0]
-    assert "2 recipients" in accepted[0]
+    assert "recipients: 2" in accepted[0]
 
 
 async def test_wire_log_needs_debug(caplog: pytest.LogCaptureFixture) -> None:
