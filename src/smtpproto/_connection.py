@@ -124,7 +124,7 @@ class ServerConnection:
     """The server side of one SMTP or LMTP connection, without any I/O.
 
     Feed received bytes to :meth:`receive_data`, take events from
-    :meth:`next_event`, answer each command event with :meth:`send_reply` or
+    :meth:`next_event`, reply to each command event with :meth:`send_reply` or
     :meth:`accept`, and write :meth:`data_to_send` to the peer. The greeting is the
     application's first reply.
 
@@ -523,7 +523,7 @@ class ServerConnection:
         *,
         enhanced: str | None = None,
     ) -> None:
-        """Answer the pending command (or send the greeting).
+        """Reply to the pending command (or send the greeting).
 
         :param code: the reply code, 200 to 599.
         :param text: one line, several lines, or ``None`` for a generic text.
@@ -545,7 +545,7 @@ class ServerConnection:
         self.send_reply_object(Reply(code, enhanced, lines))
 
     def send_reply_object(self, reply: Reply) -> None:
-        """Answer the pending command with a ready :class:`Reply`."""
+        """Reply to the pending command with a ready :class:`Reply`."""
         pending = self._pending
         if pending is None:
             raise LocalProtocolError(

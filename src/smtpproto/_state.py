@@ -9,7 +9,7 @@ __all__ = ["ServerState"]
 
 
 class ServerState(Enum):
-    """What the engine expects to read next from the client."""
+    """Input state: the kind of client input the engine reads next."""
 
     #: Before the greeting: waiting for a PROXY header or for the application to greet.
     GREETING = "GREETING"
