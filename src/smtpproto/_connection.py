@@ -427,8 +427,8 @@ class ServerConnection:
         if not self._greeted and (
             not self.proxy_protocol or isinstance(self._pending, ProxyHeader)
         ):
-            # Bytes before the greeting: after a PROXY header, only those of a
-            # later read can be told apart from the header's own packet.
+            # Bytes before the greeting. After a PROXY header, only bytes of a
+            # later read are distinguishable from the header's own packet.
             self._early_talker = True
         if type(data) is not bytes:
             data = bytes(data)
@@ -1208,7 +1208,7 @@ class ServerConnection:
             return None
         limit = self.max_recipients
         if limit is not None and len(self._accepted) >= limit:
-            # RFC 5321, section 4.5.3.1.10: 452 tells the client to send the
+            # RFC 5321, section 4.5.3.1.10: 452 asks the client to send the
             # remaining recipients in a later transaction.
             self._rcpt_attempted = True
             self._out.append(self._wire(replies.TOO_MANY_RECIPIENTS))
@@ -1555,7 +1555,7 @@ class ServerConnection:
                     stuffed = True
                 found = buffer.find(b"\r\n.", after)
         if end_of_data < 0 and buffer[content_end - 1] == 0x0D:
-            # Never cut between CR and LF, so every piece sees whole CRLFs.
+            # Never cut between CR and LF, so every piece contains whole CRLFs.
             content_end -= 1
         if content_end <= pos:
             return NEED_DATA
@@ -1614,9 +1614,9 @@ class ServerConnection:
         over runs of lines.
         """
         assert self.max_text_line is not None
-        # Octets before LF, CR included; a line that starts with a stuffing dot
-        # may have one more (RFC 5321, section 4.5.3.1.6 counts the line as
-        # the sender wrote it, before dot-stuffing).
+        # The limit counts octets before LF, CR included. A line that starts
+        # with a stuffing dot may have one more, because RFC 5321, section
+        # 4.5.3.1.6 counts the line as the sender wrote it, before stuffing.
         base = self.max_text_line - 1
         if self._line_length == 0:
             self._line_dot = raw[:1] == b"."
@@ -1771,9 +1771,9 @@ def _slice(buffer: bytes | bytearray, start: int, end: int) -> bytes:
 def _has_bare_line_ending(raw: bytes) -> bool:
     """Return whether ``raw`` has a CR or LF outside a CRLF pair.
 
-    If every CR is followed by LF, CRLF pairs are as many as CRs; if the line
-    endings alone then read CRLF repeated, LFs are as many as CRs too, so every
-    LF follows a CR. Both checks run in C: a regex with a literal first octet,
+    When every CR is followed by LF, there are as many CRLF pairs as CRs. When
+    the line endings alone then read CRLF repeated, LFs are as many as CRs too,
+    so every LF follows a CR. Both checks run in C: a regex with a literal first octet,
     and ``translate`` deleting every other octet.
     """
     if _CR_NOT_BEFORE_LF.search(raw) is not None or raw.endswith(b"\r"):

@@ -117,8 +117,8 @@ class Data(Event):
 class Bdat(Event):
     """Start of a BDAT chunk of ``size`` octets; the chunk follows as DataChunk events.
 
-    A notification: the engine itself answers a chunk that is not the last one with
-    ``250``; the last chunk ends with :class:`DataComplete`.
+    A notification. The engine itself replies ``250`` to a chunk that is not the
+    last one, and the last chunk ends with :class:`DataComplete`.
     """
 
     size: int
